@@ -1,0 +1,1 @@
+"""The keystore demo service: a FastAPI app guarded by keystore."""

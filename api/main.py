@@ -1,0 +1,40 @@
+"""The ASGI app: ``uvicorn api.main:app``; settings from the environment and .env."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+
+from fastapi import FastAPI
+
+from api.routes import build_router
+from keystore import ApiKeyAuth, Settings, get_store, load_env_file, reset_store
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app for ``settings``; it opens the key store on start-up, closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await get_store(settings).open()
+        try:
+            yield
+        finally:
+            await reset_store()
+
+    app = FastAPI(title="keystore demo", version="0.1.0", lifespan=lifespan)
+    app.include_router(build_router(ApiKeyAuth.from_settings(settings)))
+    return app
+
+
+@cache
+def _app_from_env() -> FastAPI:
+    load_env_file()
+    return create_app(Settings.from_env())
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `api.main:app` is built on first access, not at import, so that importing
+    # this module (in tests, say) reads no environment and no .env file.
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The Firestore emulator for keystore: find it, start it on a free port, wait until it
+# answers, stop it; and the project's two commands, `serve` and `test`.
+#
+#   ./emulator.sh serve [--https]   virtualenv, install, emulator, demo key, API on :8000
+#   ./emulator.sh test [PYTEST ARGS] virtualenv, install, the whole test suite
+#   ./emulator.sh start | stop | status
+#
+# Environment: KEYSTORE_EMULATOR_DIR (state: pid, port, log; default .emulator),
+# KEYSTORE_EMULATOR_PORT (default: a free port), KEYSTORE_EMULATOR_TIMEOUT (seconds
+# to wait for readiness, default 60), PORT (the API's port for serve, default 8000).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STATE_DIR=${KEYSTORE_EMULATOR_DIR:-$ROOT/.emulator}
+VENV=${KEYSTORE_VENV:-$ROOT/.venv}
+HOST=127.0.0.1
+INSTALL_HINT="Install it with 'gcloud components install cloud-firestore-emulator', or on Debian/Ubuntu 'apt-get install google-cloud-cli-firestore-emulator' (Google Cloud apt repository)."
+
+say() { printf 'emulator.sh: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+find_emulator() {
+  local root candidate
+  command -v java >/dev/null 2>&1 || die "Java is missing; the Firestore emulator needs it. Install a JRE 11 or newer (Debian: apt-get install default-jre-headless)."
+  for root in "${CLOUDSDK_ROOT_DIR:-}" /usr/lib/google-cloud-sdk /usr/share/google-cloud-sdk \
+      /opt/google-cloud-sdk "$HOME/google-cloud-sdk"; do
+    candidate=$root/platform/cloud-firestore-emulator/cloud_firestore_emulator
+    [ -n "$root" ] && [ -x "$candidate" ] && { echo "$candidate"; return; }
+  done
+  if command -v gcloud >/dev/null 2>&1; then
+    root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
+    candidate=$root/platform/cloud-firestore-emulator/cloud_firestore_emulator
+    [ -n "$root" ] && [ -x "$candidate" ] && { echo "$candidate"; return; }
+  fi
+  die "The Cloud Firestore emulator is not installed. $INSTALL_HINT"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+is_running() {
+  [ -f "$STATE_DIR/pid" ] && kill -0 "$(cat "$STATE_DIR/pid")" 2>/dev/null
+}
+
+cmd_start() {
+  local emulator port deadline
+  if is_running; then
+    say "already running on $HOST:$(cat "$STATE_DIR/port")"
+    echo "export FIRESTORE_EMULATOR_HOST=$HOST:$(cat "$STATE_DIR/port")"
+    return
+  fi
+  emulator=$(find_emulator)
+  port=${KEYSTORE_EMULATOR_PORT:-$(free_port)}
+  mkdir -p "$STATE_DIR"
+  # setsid: the emulator (a shell script and its java child) gets its own process
+  # group, so that stop can end both and nothing is orphaned.
+  setsid "$emulator" start --host="$HOST" --port="$port" --rules="$ROOT/firestore.rules" \
+    >"$STATE_DIR/log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/pid"
+  echo "$port" >"$STATE_DIR/port"
+  deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))
+  until curl -sf "http://$HOST:$port/" 2>/dev/null | grep -q Ok; do
+    if ! is_running; then
+      tail -n 20 "$STATE_DIR/log" >&2 || true
+      rm -f "$STATE_DIR/pid"
+      die "the emulator exited before it was ready (log above, in full at $STATE_DIR/log)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      cmd_stop
+      die "the emulator was not ready within ${KEYSTORE_EMULATOR_TIMEOUT:-60}s (log: $STATE_DIR/log)"
+    fi
+    sleep 0.2
+  done
+  say "Firestore emulator ready on $HOST:$port, rules from firestore.rules"
+  echo "export FIRESTORE_EMULATOR_HOST=$HOST:$port"
+}
+
+cmd_stop() {
+  local pid
+  if ! is_running; then rm -f "$STATE_DIR/pid"; return; fi
+  pid=$(cat "$STATE_DIR/pid")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$STATE_DIR/pid"
+  say "Firestore emulator stopped"
+}
+
+cmd_status() {
+  if is_running; then
+    echo "running on $HOST:$(cat "$STATE_DIR/port") (pid $(cat "$STATE_DIR/pid"))"
+  else
+    echo "not running"; return 1
+  fi
+}
+
+ensure_venv() {
+  local stamp=$VENV/.keystore-installed
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+      die "keystore needs Python 3.11 or newer as python3."
+    say "creating a virtualenv in $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    say "installing keystore and its test tools into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    touch "$stamp"
+  fi
+}
+
+cmd_serve() {
+  local https=0 port=${PORT:-8000} scheme=http tls=()
+  [ "${1:-}" = "--https" ] && https=1
+  ensure_venv
+  trap cmd_stop EXIT
+  trap 'exit 130' INT TERM
+  eval "$(cmd_start)"
+  export FIRESTORE_EMULATOR_HOST GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
+  if [ "$https" = 1 ]; then
+    tls=(--ssl-keyfile "$STATE_DIR/key.pem" --ssl-certfile "$STATE_DIR/cert.pem")
+    [ -f "$STATE_DIR/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 365 \
+      -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+      -keyout "$STATE_DIR/key.pem" -out "$STATE_DIR/cert.pem" 2>/dev/null
+    scheme=https
+  fi
+  echo
+  echo "A demo key with the scope reports:read (shown this once):"
+  "$VENV/bin/keystore" create --name demo --scope reports:read
+  echo
+  echo "Try:  curl ${tls:+-k }-H 'x-api-key: <the key above>' $scheme://127.0.0.1:$port/v1/whoami"
+  echo "Docs: $scheme://127.0.0.1:$port/docs    Ctrl-C stops the server and the emulator."
+  echo
+  "$VENV/bin/uvicorn" api.main:app --host 127.0.0.1 --port "$port" "${tls[@]}"
+}
+
+cmd_test() {
+  ensure_venv
+  # The suite starts and stops its own emulator through this script (tests/conftest.py).
+  cd "$ROOT"
+  local status=0
+  "$VENV/bin/python" -m pytest "$@" || status=$?
+  # pytest's 5 means no test ran: a failure here, never a pass.
+  [ "$status" -eq 5 ] && say "no test ran"
+  return "$status"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  serve) shift; cmd_serve "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,41 @@
+"""keystore: API keys for FastAPI services, kept as hashed rows in Firestore."""
+
+from keystore.dependency import ApiKeyAuth
+from keystore.errors import (
+    ConfigError,
+    InvalidRow,
+    KeyDisabled,
+    KeyExpired,
+    KeyNotFound,
+    KeyRejected,
+    KeyStoreError,
+    MalformedKey,
+    StoreUnavailable,
+)
+from keystore.keys import hash_key, key_pattern
+from keystore.models import ApiKey, BrokenRow, NewKey
+from keystore.settings import Settings, load_env_file
+from keystore.store import ApiKeyStore, get_store, reset_store
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyAuth",
+    "ApiKeyStore",
+    "BrokenRow",
+    "ConfigError",
+    "InvalidRow",
+    "KeyDisabled",
+    "KeyExpired",
+    "KeyNotFound",
+    "KeyRejected",
+    "KeyStoreError",
+    "MalformedKey",
+    "NewKey",
+    "Settings",
+    "StoreUnavailable",
+    "get_store",
+    "hash_key",
+    "key_pattern",
+    "load_env_file",
+    "reset_store",
+]

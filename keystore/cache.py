@@ -1,0 +1,95 @@
+"""Key rows in memory: a TTL per row, stale-if-error, and one fetch per id at a time.
+
+Rows are cached by key id, never by key, so no plaintext key is held in memory.
+Rows that exist and ids that have none are kept apart, each bounded, so that a
+flood of unknown ids cannot evict the keys in use.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from keystore.errors import StoreUnavailable
+from keystore.models import ApiKey
+
+Loader = Callable[[str], Awaitable[ApiKey | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    record: ApiKey
+    fetched_at: float
+
+
+class KeyCache:
+    """Rows by key id. A revoked key is seen within one ``ttl`` of its revocation.
+
+    While the loader raises StoreUnavailable, a row fetched less than
+    ``ttl + stale_ttl`` ago is still served (stale-if-error).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        stale_ttl: float,
+        maxsize: int,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._timer = timer
+        self._known: TTLCache[str, _Entry] = TTLCache(maxsize, ttl + stale_ttl, timer)
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize, ttl, timer)
+        self._inflight: dict[str, asyncio.Future[ApiKey | None]] = {}
+
+    async def get(self, key_id: str, load: Loader) -> ApiKey | None:
+        """The row for ``key_id``, from memory when fresh, else from ``load``."""
+        entry = self._known.get(key_id)
+        if entry is not None and self._timer() - entry.fetched_at < self._ttl:
+            return entry.record
+        if entry is None and key_id in self._unknown:
+            return None
+        try:
+            return await asyncio.shield(self._fetch_once(key_id, load))
+        except StoreUnavailable:
+            if entry is None:
+                raise
+            return entry.record
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget ``key_id`` so the next check asks the loader."""
+        self._known.pop(key_id, None)
+        self._unknown.pop(key_id, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._known.clear()
+        self._unknown.clear()
+
+    def _fetch_once(self, key_id: str, load: Loader) -> "asyncio.Future[ApiKey | None]":
+        # Concurrent callers share one task; it runs to the end even if the caller
+        # that started it is cancelled, so the others still get the answer.
+        future = self._inflight.get(key_id)
+        if future is None:
+            future = asyncio.ensure_future(self._fetch(key_id, load))
+            self._inflight[key_id] = future
+            future.add_done_callback(lambda done: self._settle(key_id, done))
+        return future
+
+    def _settle(self, key_id: str, done: "asyncio.Future[ApiKey | None]") -> None:
+        self._inflight.pop(key_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved, so asyncio does not log it as lost
+
+    async def _fetch(self, key_id: str, load: Loader) -> ApiKey | None:
+        record = await load(key_id)
+        if record is None:
+            self._known.pop(key_id, None)
+            self._unknown[key_id] = True
+        else:
+            self._unknown.pop(key_id, None)
+            self._known[key_id] = _Entry(record, self._timer())
+        return record

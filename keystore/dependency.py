@@ -1,0 +1,89 @@
+"""The FastAPI dependency: a request's API key in, its ApiKey record out.
+
+This is the only module that speaks HTTP: 401 with ``WWW-Authenticate`` for a
+missing or unusable key, 403 for a missing scope, 503 with ``Retry-After`` when
+the store cannot answer.
+"""
+
+from fastapi import HTTPException, Request
+from fastapi.openapi.models import APIKey as APIKeyScheme
+from fastapi.openapi.models import APIKeyIn
+from fastapi.security import SecurityScopes
+from fastapi.security.base import SecurityBase
+
+from keystore.errors import KeyRejected, StoreUnavailable
+from keystore.models import ApiKey
+from keystore.settings import Settings
+from keystore.store import get_store
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "APIKey"})
+
+
+class ApiKeyAuth(SecurityBase):
+    """Use as ``Security(auth, scopes=[...])``; returns the caller's ApiKey.
+
+    With ``auto_error=False`` a request without a key gets None instead of 401;
+    a key that is present but not valid is still refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        header: str = "x-api-key",
+        query_param: str | None = None,
+        auto_error: bool = True,
+        scheme_name: str = "ApiKey",
+    ) -> None:
+        self.header = header
+        self.query_param = query_param
+        self.auto_error = auto_error
+        self.scheme_name = scheme_name
+        self.model = APIKeyScheme(
+            **{"in": APIKeyIn.header},
+            name=header,
+            description="An API key issued with `keystore create`.",
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, auto_error: bool = True) -> "ApiKeyAuth":
+        """The dependency for the header and query parameter named in ``settings``."""
+        return cls(
+            header=settings.header,
+            query_param=settings.query_param,
+            auto_error=auto_error,
+        )
+
+    async def __call__(
+        self, request: Request, security_scopes: SecurityScopes
+    ) -> ApiKey | None:
+        key = self._presented_key(request)
+        if key is None:
+            if self.auto_error:
+                raise _unauthorized("Missing API key.")
+            return None
+        store = get_store()
+        try:
+            record = await store.verify(key)
+        except KeyRejected as exc:
+            raise _unauthorized(exc.reason) from None
+        except StoreUnavailable:
+            raise HTTPException(
+                503,
+                "Key store unavailable; retry later.",
+                headers={"Retry-After": str(store.settings.retry_after)},
+            ) from None
+        for scope in security_scopes.scopes:
+            if scope not in record.scopes:
+                raise HTTPException(403, f"API key lacks the scope '{scope}'.")
+        return record
+
+    def _presented_key(self, request: Request) -> str | None:
+        values = request.headers.getlist(self.header)
+        if not values and self.query_param:
+            values = request.query_params.getlist(self.query_param)
+        values = [value.strip() for value in values if value.strip()]
+        if len(set(values)) > 1:
+            raise _unauthorized("Send one API key, not several.")
+        return values[0] if values else None

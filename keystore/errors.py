@@ -1,0 +1,65 @@
+"""Exceptions raised by keystore.
+
+    KeyStoreError
+    ├── ConfigError         a setting is missing or has a wrong value
+    ├── KeyRejected         the presented key cannot be accepted (HTTP 401)
+    │   ├── MalformedKey    not of the key format, or its checksum is wrong
+    │   ├── KeyNotFound     no row for this key (deleted, never made, or a wrong secret)
+    │   ├── KeyDisabled     the row has `disabled: true`
+    │   └── KeyExpired      the row's `expires_at` has passed
+    ├── InvalidRow          a row edited into a shape keystore cannot read
+    └── StoreUnavailable    Firestore did not answer within the deadline (HTTP 503)
+
+No message carries key material: keys are named by their id only.
+"""
+
+
+class KeyStoreError(Exception):
+    """Base class of every keystore error."""
+
+
+class ConfigError(KeyStoreError):
+    """A setting is missing or has a value keystore cannot use."""
+
+
+class KeyRejected(KeyStoreError):
+    """The presented API key cannot be accepted."""
+
+    #: Short reason safe to show to the caller.
+    reason = "Invalid API key."
+
+
+class MalformedKey(KeyRejected):
+    """The value is not an API key of this store's format."""
+
+    reason = "Malformed API key."
+
+
+class KeyNotFound(KeyRejected):
+    """No usable row matches the key."""
+
+
+class KeyDisabled(KeyRejected):
+    """The key's row is disabled."""
+
+    reason = "API key is disabled."
+
+
+class KeyExpired(KeyRejected):
+    """The key's row has expired."""
+
+    reason = "API key has expired."
+
+
+class InvalidRow(KeyStoreError):
+    """A row in the key collection has a field keystore cannot read."""
+
+    def __init__(self, key_id: str, field: str, problem: str) -> None:
+        super().__init__(f"Key row '{key_id}' has a bad field '{field}': {problem}.")
+        self.key_id = key_id
+        self.field = field
+        self.problem = problem
+
+
+class StoreUnavailable(KeyStoreError):
+    """Firestore could not be reached or did not answer in time."""

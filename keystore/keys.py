@@ -1,0 +1,100 @@
+"""The API key format: making, parsing, hashing. Pure functions, no I/O.
+
+A key reads ``<prefix>_<id>_<secret><checksum>``, for example
+``ks_3xT9aQ2mK7pL_V1b2N3m4Q5w6E7r8T9y0U1iAbC9dE``:
+
+* ``prefix``: names the issuer, so secret scanners and people can tell the key apart;
+* ``id``: 12 base62 characters, the Firestore document id; not secret, safe to log;
+* ``secret``: 22 base62 characters from :mod:`secrets` (131 bits);
+* ``checksum``: CRC32 of everything before it, 6 base62 characters, so that a typo
+  or random garbage is rejected without asking Firestore.
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from functools import lru_cache
+
+from keystore.errors import ConfigError, MalformedKey
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ID_LENGTH = 12
+SECRET_LENGTH = 22
+CHECKSUM_LENGTH = 6
+PREFIX_PATTERN = re.compile(r"[a-z][a-z0-9]{0,9}")
+# Longest prefix plus the fixed parts: anything longer is rejected before the regex.
+MAX_KEY_LENGTH = 10 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is usable in a key, else raise ConfigError."""
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise ConfigError(
+            f"Key prefix '{prefix}' is invalid: use 1 to 10 lowercase letters or "
+            "digits, starting with a letter."
+        )
+    return prefix
+
+
+def key_pattern(prefix: str) -> str:
+    """The regular expression that matches this prefix's keys (for secret scanners)."""
+    body = CHECKSUM_LENGTH + SECRET_LENGTH
+    return rf"\b{re.escape(prefix)}_[0-9A-Za-z]{{{ID_LENGTH}}}_[0-9A-Za-z]{{{body}}}\b"
+
+
+@lru_cache(maxsize=8)
+def _compiled(prefix: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"{re.escape(prefix)}_([0-9A-Za-z]{{{ID_LENGTH}}})_"
+        rf"[0-9A-Za-z]{{{SECRET_LENGTH}}}([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
+    )
+
+
+def checksum(body: str) -> str:
+    """CRC32 of ``body`` as 6 base62 characters."""
+    value = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(CHECKSUM_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def new_key_id() -> str:
+    """A fresh key id: random, url-safe, usable as a Firestore document id."""
+    return _random(ID_LENGTH)
+
+
+def new_key(prefix: str, key_id: str | None = None) -> str:
+    """A fresh plaintext key with the given prefix (and id, if given)."""
+    body = f"{check_prefix(prefix)}_{key_id or new_key_id()}_{_random(SECRET_LENGTH)}"
+    return body + checksum(body)
+
+
+def parse_key_id(key: str, prefix: str) -> str:
+    """Return the key's id, or raise MalformedKey if ``key`` is not of the format.
+
+    Costs no I/O: a typo or garbage fails the checksum here.
+    """
+    if len(key) > MAX_KEY_LENGTH:
+        raise MalformedKey()
+    match = _compiled(prefix).fullmatch(key)
+    if match is None or checksum(key[: -CHECKSUM_LENGTH]) != match[2]:
+        raise MalformedKey()
+    return match[1]
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the key, hex: the only form of a key that is ever stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keys_match(key: str, stored_hash: str) -> bool:
+    """Compare a presented key with a stored hash in constant time."""
+    return hmac.compare_digest(hash_key(key), stored_hash)

@@ -1,0 +1,97 @@
+"""Settings: read once from the environment (and a .env file) into a typed object."""
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import load_dotenv
+
+from keystore.errors import ConfigError
+from keystore.keys import check_prefix
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything keystore can be told; each field names its environment variable."""
+
+    #: GOOGLE_CLOUD_PROJECT; None lets the client find it (ADC, metadata server).
+    project: str | None = None
+    #: KEYSTORE_DATABASE: the Firestore database id.
+    database: str = "(default)"
+    #: KEYSTORE_COLLECTION: one document per key, document id = key id.
+    collection: str = "api_keys"
+    #: KEYSTORE_PREFIX: the first part of every key made here.
+    prefix: str = "ks"
+    #: KEYSTORE_HEADER: the request header that carries the key.
+    header: str = "x-api-key"
+    #: KEYSTORE_QUERY_PARAM: a query parameter also accepted; None (off) by default.
+    query_param: str | None = None
+    #: KEYSTORE_CACHE_TTL: how long a looked-up row is trusted, seconds.
+    cache_ttl: float = 60.0
+    #: KEYSTORE_CACHE_SIZE: most rows (and, separately, unknown ids) kept in memory.
+    cache_size: int = 10_000
+    #: KEYSTORE_TIMEOUT: deadline of every Firestore call, seconds, retries included.
+    timeout: float = 2.0
+    #: KEYSTORE_STALE_IF_ERROR: how long past its TTL a valid key keeps working
+    #: while Firestore cannot be reached, seconds; 0 turns this off.
+    stale_if_error: float = 3600.0
+    #: KEYSTORE_RETRY_AFTER: after a failed Firestore call, how long keystore stops
+    #: asking and answers from memory or 503, seconds; also the Retry-After header.
+    retry_after: int = 5
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+        for name in ("cache_ttl", "timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Setting '{name}' must be greater than 0.")
+        if self.cache_size < 1:
+            raise ConfigError("Setting 'cache_size' must be at least 1.")
+        for name in ("retry_after", "stale_if_error"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"Setting '{name}' must not be negative.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from ``environ`` (default: ``os.environ``); unset means default."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                return parse(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"Setting '{name}' has the value '{raw}', which is not a "
+                    f"valid {parse.__name__}."
+                ) from None
+
+        d = cls()
+        return cls(
+            project=get("GOOGLE_CLOUD_PROJECT", str, d.project),
+            database=get("KEYSTORE_DATABASE", str, d.database),
+            collection=get("KEYSTORE_COLLECTION", str, d.collection),
+            prefix=get("KEYSTORE_PREFIX", str, d.prefix),
+            header=get("KEYSTORE_HEADER", str, d.header).lower(),
+            query_param=get("KEYSTORE_QUERY_PARAM", str, d.query_param),
+            cache_ttl=get("KEYSTORE_CACHE_TTL", float, d.cache_ttl),
+            cache_size=get("KEYSTORE_CACHE_SIZE", int, d.cache_size),
+            timeout=get("KEYSTORE_TIMEOUT", float, d.timeout),
+            stale_if_error=get("KEYSTORE_STALE_IF_ERROR", float, d.stale_if_error),
+            retry_after=get("KEYSTORE_RETRY_AFTER", int, d.retry_after),
+        )
+
+
+def load_env_file(path: str | Path = ".env") -> None:
+    """Copy a .env file's variables into the environment, never overriding one set.
+
+    The Google client libraries read GOOGLE_CLOUD_PROJECT, FIRESTORE_EMULATOR_HOST
+    and GOOGLE_APPLICATION_CREDENTIALS from the environment themselves, so a .env
+    file must reach the environment, not only :class:`Settings`.
+    """
+    load_dotenv(Path(path), override=False)

@@ -1,0 +1,170 @@
+"""Fixtures: one real Firestore emulator for the session, a fresh collection per test."""
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from google.cloud.firestore_v1.services.firestore.async_client import (
+    FirestoreAsyncClient,
+)
+
+from api.main import create_app
+from keystore import ApiKeyStore, Settings, reset_store
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "demo-keystore"
+
+
+@dataclass
+class Emulator:
+    """The session's Firestore emulator, started and stopped through emulator.sh."""
+
+    state_dir: Path
+    port: int = 0
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, command: str) -> str:
+        env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir)}
+        if self.port:
+            env["KEYSTORE_EMULATOR_PORT"] = str(self.port)
+        done = subprocess.run(
+            [str(ROOT / "emulator.sh"), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def start(self) -> None:
+        self._run("start")
+        self.port = int((self.state_dir / "port").read_text())
+
+    def stop(self) -> None:
+        self._run("stop")
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    # A missing emulator fails here, loudly: these tests never skip.
+    emu = Emulator(state_dir=tmp_path_factory.mktemp("emulator"))
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No KEYSTORE_* setting or Google variable leaks in from the shell."""
+    for name in list(os.environ):
+        if name.startswith("KEYSTORE_") or name in (
+            "FIRESTORE_EMULATOR_HOST",
+            "GOOGLE_CLOUD_PROJECT",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # The store's single flight and the gRPC client are asyncio-based.
+    return "asyncio"
+
+
+@pytest.fixture
+def firestore_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """Point the Google client library at the emulator, as emulator.sh does."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    return emulator
+
+
+@pytest.fixture
+def settings(firestore_env: Emulator) -> Settings:
+    """Settings of one test: its own collection, so tests never see each other's rows."""
+    return Settings(
+        project=PROJECT,
+        collection=f"keys_{uuid.uuid4().hex[:12]}",
+        timeout=1.0,
+        retry_after=1,
+    )
+
+
+class Timer:
+    """A monotonic clock that moves only when told to (cachetools' tests do the same)."""
+
+    def __init__(self) -> None:
+        self.time = 1000.0
+
+    def __call__(self) -> float:
+        return self.time
+
+    def tick(self, seconds: float) -> None:
+        self.time += seconds
+
+
+@pytest.fixture
+def timer() -> Timer:
+    return Timer()
+
+
+@pytest.fixture
+async def store(settings: Settings, timer: Timer) -> AsyncIterator[ApiKeyStore]:
+    async with ApiKeyStore(settings, timer=timer) as opened:
+        yield opened
+
+
+@pytest.fixture
+def document_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the document-read RPCs the Firestore client really sends.
+
+    A pass-through spy on the client library's own RPC method: every call still
+    goes to the emulator; only the count is added.
+    """
+    calls: list[Any] = []
+    original = FirestoreAsyncClient.batch_get_documents
+
+    def counted(self: FirestoreAsyncClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("request"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FirestoreAsyncClient, "batch_get_documents", counted)
+    return lambda: len(calls)
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an in-process HTTP client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    try:
+        async with serve(create_app(settings)) as c:
+            yield c
+    finally:
+        await reset_store()
+
+
+@pytest.fixture
+def make_settings(settings: Settings) -> Callable[..., Settings]:
+    """This test's settings with some fields changed."""
+    return lambda **changes: replace(settings, **changes)

@@ -1,0 +1,127 @@
+"""KeyCache on its own, with a loader function of the test's and a fake clock."""
+
+import asyncio
+
+import pytest
+
+from keystore.cache import KeyCache
+from keystore.errors import StoreUnavailable
+from keystore.models import ApiKey
+from tests.conftest import Timer
+
+pytestmark = pytest.mark.anyio
+
+RECORD = ApiKey(id="k1", name="one")
+
+
+class Loader:
+    """Answers from a dict, counts calls, can be made to fail or to wait."""
+
+    def __init__(self, rows: dict[str, ApiKey]) -> None:
+        self.rows = rows
+        self.calls = 0
+        self.failing = False
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, key_id: str) -> ApiKey | None:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failing:
+            raise StoreUnavailable("down")
+        return self.rows.get(key_id)
+
+
+def make(timer: Timer, maxsize: int = 100, stale: float = 300) -> KeyCache:
+    return KeyCache(ttl=60, stale_ttl=stale, maxsize=maxsize, timer=timer)
+
+
+async def test_row_is_loaded_once_per_ttl(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    assert await cache.get("k1", load) == RECORD
+    timer.tick(59)
+    assert await cache.get("k1", load) == RECORD
+    assert load.calls == 1
+    timer.tick(2)
+    assert await cache.get("k1", load) == RECORD
+    assert load.calls == 2
+
+
+async def test_misses_are_cached_too(timer: Timer) -> None:
+    cache, load = make(timer), Loader({})
+    for _ in range(5):
+        assert await cache.get("nope", load) is None
+    assert load.calls == 1
+    timer.tick(61)
+    assert await cache.get("nope", load) is None
+    assert load.calls == 2
+
+
+async def test_deleted_row_is_gone_after_ttl(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    await cache.get("k1", load)
+    del load.rows["k1"]
+    assert await cache.get("k1", load) == RECORD
+    timer.tick(61)
+    assert await cache.get("k1", load) is None
+
+
+async def test_concurrent_misses_share_one_load(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    load.gate = asyncio.Event()
+    tasks = [asyncio.create_task(cache.get("k1", load)) for _ in range(200)]
+    await asyncio.sleep(0)
+    load.gate.set()
+    assert await asyncio.gather(*tasks) == [RECORD] * 200
+    assert load.calls == 1
+
+
+async def test_a_cancelled_first_caller_does_not_cancel_the_load(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    load.gate = asyncio.Event()
+    first = asyncio.create_task(cache.get("k1", load))
+    second = asyncio.create_task(cache.get("k1", load))
+    await asyncio.sleep(0)
+    first.cancel()
+    load.gate.set()
+    assert await second == RECORD
+    assert load.calls == 1
+
+
+async def test_stale_row_is_served_while_the_loader_fails(timer: Timer) -> None:
+    cache, load = make(timer, stale=300), Loader({"k1": RECORD})
+    await cache.get("k1", load)
+    load.failing = True
+    timer.tick(200)
+    assert await cache.get("k1", load) == RECORD
+    timer.tick(200)  # past ttl + stale: nothing left to serve
+    with pytest.raises(StoreUnavailable):
+        await cache.get("k1", load)
+
+
+async def test_unknown_key_fails_while_the_loader_fails(timer: Timer) -> None:
+    cache, load = make(timer), Loader({})
+    load.failing = True
+    with pytest.raises(StoreUnavailable):
+        await cache.get("k1", load)
+
+
+async def test_unknown_ids_do_not_evict_known_rows(timer: Timer) -> None:
+    cache, load = make(timer, maxsize=10), Loader({"k1": RECORD})
+    await cache.get("k1", load)
+    for i in range(1000):
+        await cache.get(f"random{i}", load)
+    calls = load.calls
+    assert await cache.get("k1", load) == RECORD
+    assert load.calls == calls
+
+
+async def test_invalidate_forces_a_load(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    await cache.get("k1", load)
+    cache.invalidate("k1")
+    await cache.get("k1", load)
+    assert load.calls == 2
+    cache.clear()
+    await cache.get("k1", load)
+    assert load.calls == 3
