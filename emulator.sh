@@ -4,6 +4,7 @@
 #
 #   ./emulator.sh serve [--https]   virtualenv, install, emulator, demo key, API on :8000
 #   ./emulator.sh test [PYTEST ARGS] virtualenv, install, the whole test suite
+#   ./emulator.sh lint              ruff and mypy, as CI runs them
 #   ./emulator.sh start | stop | status
 #
 # Environment: KEYSTORE_EMULATOR_DIR (state: pid, port, log; default .emulator),
@@ -141,10 +142,19 @@ cmd_test() {
   # The suite starts and stops its own emulator through this script (tests/conftest.py).
   cd "$ROOT"
   local status=0
-  "$VENV/bin/python" -m pytest "$@" || status=$?
+  "$VENV/bin/coverage" run -m pytest "$@" || status=$?
   # pytest's 5 means no test ran: a failure here, never a pass.
   [ "$status" -eq 5 ] && say "no test ran"
-  return "$status"
+  [ "$status" -eq 0 ] || return "$status"
+  [ $# -gt 0 ] || "$VENV/bin/coverage" report --fail-under="${KEYSTORE_COVERAGE_MIN:-95}"
+}
+
+cmd_lint() {
+  ensure_venv
+  cd "$ROOT"
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/mypy"
 }
 
 case "${1:-}" in
@@ -153,5 +163,6 @@ case "${1:-}" in
   status) cmd_status ;;
   serve) shift; cmd_serve "$@" ;;
   test) shift; cmd_test "$@" ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  lint) cmd_lint ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

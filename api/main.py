@@ -11,7 +11,7 @@ from keystore import ApiKeyAuth, Settings, get_store, load_env_file, reset_store
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The app for ``settings``; it opens the key store on start-up, closes it on shutdown."""
+    """The app for ``settings``; its lifespan opens and closes the key store."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from keystore.errors import KeyStoreError
 from keystore.models import ApiKey, BrokenRow
@@ -34,10 +34,14 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other keystore error; --help has the usage.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keystore", description="Manage API keys kept in Firestore."
-    )
+    parser = _Parser(prog="keystore", description="Manage API keys kept in Firestore.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     create = commands.add_parser("create", help="make a key and print it once")
@@ -106,7 +110,9 @@ def _table(rows: Sequence[ApiKey | BrokenRow]) -> str:
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
     async with ApiKeyStore(settings) as store:
         if args.command == "create":
-            expires_at = datetime.now(UTC) + args.expires_in if args.expires_in else None
+            expires_at = (
+                datetime.now(UTC) + args.expires_in if args.expires_in else None
+            )
             made = await store.create(
                 name=args.name, scopes=args.scope, expires_at=expires_at
             )

@@ -40,14 +40,18 @@ class ApiKeyAuth(SecurityBase):
         self.query_param = query_param
         self.auto_error = auto_error
         self.scheme_name = scheme_name
-        self.model = APIKeyScheme(
-            **{"in": APIKeyIn.header},
-            name=header,
-            description="An API key issued with `keystore create`.",
+        self.model = APIKeyScheme.model_validate(
+            {
+                "in": APIKeyIn.header,
+                "name": header,
+                "description": "An API key issued with `keystore create`.",
+            }
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, auto_error: bool = True) -> "ApiKeyAuth":
+    def from_settings(
+        cls, settings: Settings, *, auto_error: bool = True
+    ) -> "ApiKeyAuth":
         """The dependency for the header and query parameter named in ``settings``."""
         return cls(
             header=settings.header,

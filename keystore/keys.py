@@ -85,7 +85,7 @@ def parse_key_id(key: str, prefix: str) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise MalformedKey()
     match = _compiled(prefix).fullmatch(key)
-    if match is None or checksum(key[: -CHECKSUM_LENGTH]) != match[2]:
+    if match is None or checksum(key[:-CHECKSUM_LENGTH]) != match[2]:
         raise MalformedKey()
     return match[1]
 

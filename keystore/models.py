@@ -58,11 +58,15 @@ class BrokenRow:
     problem: str
 
 
-def _typed(key_id: str, row: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+def _typed(
+    key_id: str, row: Mapping[str, Any], name: str, kind: type, default: Any
+) -> Any:
     value = row.get(name, default)
     if value is default or isinstance(value, kind):
         return value
-    raise InvalidRow(key_id, name, f"expected {kind.__name__}, got {type(value).__name__}")
+    raise InvalidRow(
+        key_id, name, f"expected {kind.__name__}, got {type(value).__name__}"
+    )
 
 
 def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
@@ -76,7 +80,9 @@ def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
     # bool is checked exactly: the console's "true" string must not pass as True.
     disabled = row.get("disabled")
     if disabled is not None and type(disabled) is not bool:
-        raise InvalidRow(key_id, "disabled", f"expected boolean, got {type(disabled).__name__}")
+        raise InvalidRow(
+            key_id, "disabled", f"expected boolean, got {type(disabled).__name__}"
+        )
     return ApiKey(
         id=key_id,
         name=_typed(key_id, row, "name", str, None) or "",

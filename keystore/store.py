@@ -173,9 +173,13 @@ class ApiKeyStore:
             try:
                 rows.append(parse_row(snapshot.id, snapshot.to_dict() or {}))
             except InvalidRow as exc:
-                rows.append(BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem))
+                rows.append(
+                    BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
+                )
         epoch = datetime.min.replace(tzinfo=UTC)
-        return sorted(rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id))
+        return sorted(
+            rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id)
+        )
 
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
@@ -269,7 +273,7 @@ _store: ApiKeyStore | None = None
 
 
 def get_store(settings: Settings | None = None) -> ApiKeyStore:
-    """The process-wide store, built on first use from ``settings`` or the environment."""
+    """The process-wide store, built on first use from ``settings`` or the env."""
     global _store
     if _store is None:
         _store = ApiKeyStore(settings or Settings.from_env())

@@ -1,4 +1,4 @@
-"""Fixtures: one real Firestore emulator for the session, a fresh collection per test."""
+"""Fixtures: one real Firestore emulator per session, a fresh collection per test."""
 
 import os
 import subprocess
@@ -95,7 +95,7 @@ def firestore_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulat
 
 @pytest.fixture
 def settings(firestore_env: Emulator) -> Settings:
-    """Settings of one test: its own collection, so tests never see each other's rows."""
+    """Settings of one test: its own collection, so no test sees another's rows."""
     return Settings(
         project=PROJECT,
         collection=f"keys_{uuid.uuid4().hex[:12]}",
@@ -105,7 +105,7 @@ def settings(firestore_env: Emulator) -> Settings:
 
 
 class Timer:
-    """A monotonic clock that moves only when told to (cachetools' tests do the same)."""
+    """A monotonic clock that moves only when told to, as in cachetools' tests."""
 
     def __init__(self) -> None:
         self.time = 1000.0

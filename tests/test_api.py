@@ -1,0 +1,139 @@
+"""The app in api/, over HTTP, against the emulator."""
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from api.main import create_app
+from api.routes import REPORTS_SCOPE
+from keystore import Settings, get_store, reset_store
+from keystore.keys import new_key
+from tests.conftest import serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def make_key(*scopes: str) -> str:
+    return (await get_store().create(name="caller", scopes=scopes)).key
+
+
+async def test_healthz_is_open(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "ok"}
+
+
+async def test_whoami_with_a_valid_key(client: httpx.AsyncClient) -> None:
+    made = await get_store().create(name="billing", scopes=["a", "b"])
+    r = await client.get("/v1/whoami", headers={"x-api-key": made.key})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "id": made.record.id,
+        "name": "billing",
+        "scopes": ["a", "b"],
+        "expires_at": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "Missing API key."),  # no header
+        ({"x-api-key": ""}, "Missing API key."),  # empty header
+        ({"x-api-key": "   "}, "Missing API key."),  # blank header
+        ({"x-api-key": "hello"}, "Malformed API key."),  # garbage
+        ({"x-api-key": "k" * 8000}, "Malformed API key."),  # long garbage
+        ({"x-api-key": new_key("ks")}, "Invalid API key."),  # well formed, unknown
+        ({"x-api-key": new_key("zz")}, "Malformed API key."),  # another prefix
+        (
+            {"Authorization": f"Bearer {new_key('ks')}"},
+            "Missing API key.",
+        ),  # wrong place
+    ],
+)
+async def test_refused_keys_get_401(
+    client: httpx.AsyncClient, headers: dict[str, str], detail: str
+) -> None:
+    r = await client.get("/v1/whoami", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json() == {"detail": detail}
+    assert r.headers["www-authenticate"] == "APIKey"
+
+
+async def test_non_ascii_and_control_bytes_get_401(client: httpx.AsyncClient) -> None:
+    for raw in (b"ks_\xc3\xa9t\xc3\xa9", b"ks_\x01\x02", "ключ".encode()):
+        r = await client.get("/v1/whoami", headers=[(b"x-api-key", raw)])
+        assert r.status_code == 401, r.text
+
+
+async def test_several_different_keys_get_401(client: httpx.AsyncClient) -> None:
+    key = await make_key()
+    headers = [("x-api-key", key), ("x-api-key", new_key("ks"))]
+    r = await client.get("/v1/whoami", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json() == {"detail": "Send one API key, not several."}
+    r = await client.get("/v1/whoami", headers=[("x-api-key", key)] * 2)
+    assert r.status_code == 200, r.text
+
+
+async def test_scope_is_required(client: httpx.AsyncClient) -> None:
+    plain, scoped = await make_key(), await make_key(REPORTS_SCOPE)
+    r = await client.get("/v1/reports", headers={"x-api-key": plain})
+    assert r.status_code == 403, r.text
+    assert r.json() == {"detail": f"API key lacks the scope '{REPORTS_SCOPE}'."}
+    r = await client.get("/v1/reports", headers={"x-api-key": scoped})
+    assert r.status_code == 200, r.text
+
+
+async def test_disabled_key_gets_401(client: httpx.AsyncClient) -> None:
+    made = await get_store().create(name="n")
+    await get_store().revoke(made.record.id)
+    r = await client.get("/v1/whoami", headers={"x-api-key": made.key})
+    assert r.status_code == 401, r.text
+    assert r.json() == {"detail": "Invalid API key."}
+
+
+async def test_query_parameter_is_off_by_default(client: httpx.AsyncClient) -> None:
+    key = await make_key()
+    r = await client.get("/v1/whoami", params={"api_key": key})
+    assert r.status_code == 401, r.text
+
+
+async def test_query_parameter_when_turned_on(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(query_param="api_key", header="x-token")
+    try:
+        async with serve(create_app(settings)) as client:
+            key = await make_key()
+            r = await client.get("/v1/whoami", params={"api_key": key})
+            assert r.status_code == 200, r.text
+            r = await client.get("/v1/whoami", headers={"x-token": key})
+            assert r.status_code == 200, r.text
+            r = await client.get("/v1/whoami", headers={"x-api-key": key})
+            assert r.status_code == 401, r.text
+    finally:
+        await reset_store()
+
+
+async def test_openapi_shows_the_scheme(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"] == {
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "x-api-key",
+            "description": "An API key issued with `keystore create`.",
+        }
+    }
+    assert spec["paths"]["/v1/whoami"]["get"]["security"] == [{"ApiKey": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_lifespan_closes_the_store(settings: Settings) -> None:
+    async with serve(create_app(settings)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        store = get_store()
+    assert store._client is None

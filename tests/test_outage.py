@@ -1,0 +1,82 @@
+"""Firestore goes away and comes back: the emulator is really stopped and restarted."""
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from api.main import create_app
+from keystore import ApiKeyStore, Settings, get_store, reset_store
+from keystore.keys import new_key
+from tests.conftest import Emulator, serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_outage_serves_known_keys_and_503s_the_rest(
+    emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(cache_ttl=0.2, timeout=1.0, retry_after=1)
+    try:
+        async with serve(create_app(settings)) as client:
+            made = await get_store().create(name="n")
+            known = {"x-api-key": made.key}
+            assert (await client.get("/v1/whoami", headers=known)).status_code == 200
+            await asyncio.sleep(
+                0.3
+            )  # the row's TTL is over: only stale-if-error saves it
+
+            emulator.stop()
+            try:
+                # Bounded: a hang here fails the test instead of stalling it.
+                async with asyncio.timeout(settings.timeout * 3):
+                    r = await client.get("/v1/whoami", headers=known)
+                    assert r.status_code == 200, r.text
+                    r = await client.get(
+                        "/v1/whoami", headers={"x-api-key": new_key("ks")}
+                    )
+                    assert r.status_code == 503, r.text
+                    assert r.json() == {"detail": "Key store unavailable; retry later."}
+                    assert r.headers["retry-after"] == str(settings.retry_after)
+                    # While Firestore is known to be down, answers come from memory.
+                    for _ in range(20):
+                        r = await client.get("/v1/whoami", headers=known)
+                        assert r.status_code == 200, r.text
+            finally:
+                emulator.start()
+
+            # The emulator comes back empty; the store must recover by itself.
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        fresh = await get_store().create(name="after")
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.5)
+                while True:
+                    r = await client.get("/v1/whoami", headers={"x-api-key": fresh.key})
+                    if r.status_code == 200:
+                        break
+                    assert r.status_code in (401, 503), r.text
+                    await asyncio.sleep(0.5)
+            r = await client.get("/v1/whoami", headers={"x-api-key": new_key("ks")})
+            assert r.status_code == 401, r.text
+    finally:
+        await reset_store()
+
+
+async def test_store_never_waits_past_its_deadline_when_unreachable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A port where nothing listens: every call fails; none may hang.
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    from keystore import StoreUnavailable
+
+    async with ApiKeyStore(settings) as store:
+        async with asyncio.timeout(settings.timeout * 3):
+            with pytest.raises(StoreUnavailable):
+                await store.verify(new_key("ks"))
+            with pytest.raises(StoreUnavailable):
+                await store.create(name="n")
+            with pytest.raises(StoreUnavailable):
+                await store.list_keys()
