@@ -9,7 +9,8 @@
 #
 # Environment: KEYSTORE_EMULATOR_DIR (state: pid, port, log; default .emulator),
 # KEYSTORE_EMULATOR_PORT (default: a free port), KEYSTORE_EMULATOR_TIMEOUT (seconds
-# to wait for readiness, default 60), PORT (the API's port for serve, default 8000).
+# to wait for readiness, default 60), KEYSTORE_EMULATOR_BIN (the emulator's launcher,
+# default: found under the Google Cloud SDK), PORT (the API's port for serve, 8000).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,6 +24,10 @@ die() { say "$*"; exit 1; }
 
 find_emulator() {
   local root candidate
+  if [ -n "${KEYSTORE_EMULATOR_BIN:-}" ]; then
+    [ -x "$KEYSTORE_EMULATOR_BIN" ] && { echo "$KEYSTORE_EMULATOR_BIN"; return; }
+    die "KEYSTORE_EMULATOR_BIN=$KEYSTORE_EMULATOR_BIN is not an executable file. $INSTALL_HINT"
+  fi
   command -v java >/dev/null 2>&1 || die "Java is missing; the Firestore emulator needs it. Install a JRE 11 or newer (Debian: apt-get install default-jre-headless)."
   for root in "${CLOUDSDK_ROOT_DIR:-}" /usr/lib/google-cloud-sdk /usr/share/google-cloud-sdk \
       /opt/google-cloud-sdk "$HOME/google-cloud-sdk"; do

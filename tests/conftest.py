@@ -1,6 +1,7 @@
 """Fixtures: one real Firestore emulator per session, a fresh collection per test."""
 
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,6 +55,11 @@ class Emulator:
 
     def stop(self) -> None:
         self._run("stop")
+
+    def pause(self, paused: bool = True) -> None:
+        """Freeze (or thaw) the emulator: connections stay open, nothing answers."""
+        group = int((self.state_dir / "pid").read_text())
+        os.killpg(group, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import pytest
 
 from api.main import create_app
-from keystore import ApiKeyStore, Settings, get_store, reset_store
+from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_store
 from keystore.keys import new_key
 from tests.conftest import Emulator, serve
 
@@ -65,13 +65,33 @@ async def test_outage_serves_known_keys_and_503s_the_rest(
         await reset_store()
 
 
+async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
+    emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    # A server that accepts and never answers: only the deadline ends the wait.
+    settings = make_settings(timeout=0.5, retry_after=30)
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n")
+        assert await store.does_api_key_exist(made.key)
+        store._cache.clear()  # nothing in memory: the next check must ask Firestore
+        emulator.pause()
+        try:
+            async with asyncio.timeout(settings.timeout * 4):
+                with pytest.raises(StoreUnavailable):
+                    await store.verify(made.key)
+                # Firestore is known to be down: the next answers take no wait.
+                for _ in range(100):
+                    with pytest.raises(StoreUnavailable):
+                        await store.verify(new_key("ks"))
+        finally:
+            emulator.pause(False)
+
+
 async def test_store_never_waits_past_its_deadline_when_unreachable(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A port where nothing listens: every call fails; none may hang.
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
-    from keystore import StoreUnavailable
-
     async with ApiKeyStore(settings) as store:
         async with asyncio.timeout(settings.timeout * 3):
             with pytest.raises(StoreUnavailable):

@@ -1,0 +1,57 @@
+"""emulator.sh: what it says when the emulator or Java is missing, and its lifecycle."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "emulator.sh"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_missing_emulator_says_how_to_install(tmp_path: Path) -> None:
+    done = run(
+        "start",
+        KEYSTORE_EMULATOR_DIR=str(tmp_path),
+        KEYSTORE_EMULATOR_BIN=str(tmp_path / "absent"),
+    )
+    assert done.returncode == 1
+    assert "gcloud components install cloud-firestore-emulator" in done.stderr
+    assert "google-cloud-cli-firestore-emulator" in done.stderr
+
+
+def test_missing_java_says_so(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "python3"):  # everything but java
+        (bin_dir / tool).symlink_to(
+            subprocess.check_output(["which", tool], text=True).strip()
+        )
+    done = run("start", KEYSTORE_EMULATOR_DIR=str(tmp_path), PATH=str(bin_dir))
+    assert done.returncode == 1
+    assert "Java is missing" in done.stderr
+
+
+def test_start_status_stop(tmp_path: Path) -> None:
+    env = {"KEYSTORE_EMULATOR_DIR": str(tmp_path)}
+    started = run("start", **env)
+    try:
+        assert started.returncode == 0, started.stderr
+        host = started.stdout.strip().removeprefix("export FIRESTORE_EMULATOR_HOST=")
+        assert httpx.get(f"http://{host}/").text.strip() == "Ok"
+        assert run("status", **env).stdout.startswith(f"running on {host}")
+    finally:
+        assert run("stop", **env).returncode == 0
+    status = run("status", **env)
+    assert (status.returncode, status.stdout) == (1, "not running\n")
+    assert not (tmp_path / "pid").exists()
