@@ -7,7 +7,14 @@ from functools import cache
 from fastapi import FastAPI
 
 from api.routes import build_router
-from keystore import ApiKeyAuth, Settings, get_store, load_env_file, reset_store
+from keystore import (
+    ApiKeyAuth,
+    Settings,
+    build_admin_router,
+    get_store,
+    load_env_file,
+    reset_store,
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -22,7 +29,9 @@ def create_app(settings: Settings) -> FastAPI:
             await reset_store()
 
     app = FastAPI(title="keystore demo", version="0.1.0", lifespan=lifespan)
-    app.include_router(build_router(ApiKeyAuth.from_settings(settings)))
+    auth = ApiKeyAuth.from_settings(settings)
+    app.include_router(build_router(auth))
+    app.include_router(build_admin_router(auth, include_in_schema=settings.admin_docs))
     return app
 
 

@@ -28,6 +28,9 @@ class KeyRejected(KeyStoreError):
     #: Short reason safe to show to the caller.
     reason = "Invalid API key."
 
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
 
 class MalformedKey(KeyRejected):
     """The value is not an API key of this store's format."""

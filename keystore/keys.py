@@ -98,3 +98,18 @@ def hash_key(key: str) -> str:
 def keys_match(key: str, stored_hash: str) -> bool:
     """Compare a presented key with a stored hash in constant time."""
     return hmac.compare_digest(hash_key(key), stored_hash)
+
+
+_IMPORTABLE = re.compile(r"[\x21-\x7e]{16,256}")
+
+
+def is_importable(key: str) -> bool:
+    """True for a key of another format that ``keystore import`` accepts:
+    16 to 256 printable ASCII characters, no spaces."""
+    return _IMPORTABLE.fullmatch(key) is not None
+
+
+def imported_key_id(key: str) -> str:
+    """The document id of an imported key: derived from the key, so that importing
+    it again finds the same row. Separate from the stored hash by a label."""
+    return hashlib.sha256(b"keystore-import:" + key.encode()).hexdigest()[:ID_LENGTH]

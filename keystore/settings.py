@@ -3,6 +3,7 @@
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -10,6 +11,7 @@ from dotenv import load_dotenv
 
 from keystore.errors import ConfigError
 from keystore.keys import check_prefix
+from keystore.times import parse_duration
 
 T = TypeVar("T")
 
@@ -42,6 +44,14 @@ class Settings:
     #: KEYSTORE_RETRY_AFTER: after a failed Firestore call, how long keystore stops
     #: asking and answers from memory or 503, seconds; also the Retry-After header.
     retry_after: int = 5
+    #: KEYSTORE_DEFAULT_EXPIRY: lifetime of new keys made without one, like 90d.
+    default_expiry: timedelta | None = None
+    #: KEYSTORE_USAGE_FLUSH_INTERVAL: seconds between writes of usage counts; 0: off.
+    usage_flush_interval: float = 60.0
+    #: KEYSTORE_IMPORTED_KEYS: accept keys brought in by ``keystore import``.
+    imported_keys: bool = False
+    #: KEYSTORE_ADMIN_DOCS: show the /admin routes in OpenAPI and /docs.
+    admin_docs: bool = True
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -50,7 +60,7 @@ class Settings:
                 raise ConfigError(f"Setting '{name}' must be greater than 0.")
         if self.cache_size < 1:
             raise ConfigError("Setting 'cache_size' must be at least 1.")
-        for name in ("retry_after", "stale_if_error"):
+        for name in ("retry_after", "stale_if_error", "usage_flush_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"Setting '{name}' must not be negative.")
 
@@ -84,7 +94,28 @@ class Settings:
             timeout=get("KEYSTORE_TIMEOUT", float, d.timeout),
             stale_if_error=get("KEYSTORE_STALE_IF_ERROR", float, d.stale_if_error),
             retry_after=get("KEYSTORE_RETRY_AFTER", int, d.retry_after),
+            default_expiry=get("KEYSTORE_DEFAULT_EXPIRY", duration, d.default_expiry),
+            usage_flush_interval=get(
+                "KEYSTORE_USAGE_FLUSH_INTERVAL", float, d.usage_flush_interval
+            ),
+            imported_keys=get("KEYSTORE_IMPORTED_KEYS", boolean, d.imported_keys),
+            admin_docs=get("KEYSTORE_ADMIN_DOCS", boolean, d.admin_docs),
         )
+
+
+def duration(text: str) -> timedelta:
+    """A duration like ``90d`` (see :func:`keystore.times.parse_duration`)."""
+    return parse_duration(text)
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` and the usual spellings of both."""
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def load_env_file(path: str | Path = ".env") -> None:

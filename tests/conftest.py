@@ -105,7 +105,9 @@ def settings(firestore_env: Emulator) -> Settings:
     return Settings(
         project=PROJECT,
         collection=f"keys_{uuid.uuid4().hex[:12]}",
-        timeout=1.0,
+        # Generous: a fresh emulator's first answers are slow; tests about
+        # deadlines set their own.
+        timeout=5.0,
         retry_after=1,
     )
 

@@ -136,4 +136,4 @@ async def test_lifespan_closes_the_store(settings: Settings) -> None:
     async with serve(create_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         store = get_store()
-    assert store._client is None
+    assert store._rows._client is None

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 async def test_outage_serves_known_keys_and_503s_the_rest(
     emulator: Emulator, make_settings: Callable[..., Settings]
 ) -> None:
-    settings = make_settings(cache_ttl=0.2, timeout=1.0, retry_after=1)
+    settings = make_settings(cache_ttl=0.2, timeout=2.0, retry_after=1)
     try:
         async with serve(create_app(settings)) as client:
             made = await get_store().create(name="n")
@@ -69,9 +69,10 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
     emulator: Emulator, make_settings: Callable[..., Settings]
 ) -> None:
     # A server that accepts and never answers: only the deadline ends the wait.
+    async with ApiKeyStore(make_settings()) as store:
+        made = await store.create(name="n")
     settings = make_settings(timeout=0.5, retry_after=30)
     async with ApiKeyStore(settings) as store:
-        made = await store.create(name="n")
         assert await store.does_api_key_exist(made.key)
         store._cache.clear()  # nothing in memory: the next check must ask Firestore
         emulator.pause()
@@ -88,8 +89,9 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
 
 
 async def test_store_never_waits_past_its_deadline_when_unreachable(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings = make_settings(timeout=1.0)
     # A port where nothing listens: every call fails; none may hang.
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
     async with ApiKeyStore(settings) as store:

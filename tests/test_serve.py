@@ -24,6 +24,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_up(process: subprocess.Popen[str], base: str) -> None:
+    """Wait for /healthz to answer; fail with the server's output if it died."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            return
+        except httpx.TransportError:
+            assert process.poll() is None, process.communicate()[0]
+            time.sleep(0.1)
+    raise AssertionError(f"{base} did not come up")
+
+
 @pytest.fixture
 def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
     # The header name comes from a .env file, to show the app reads one.
@@ -41,14 +54,7 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.communicate()[0]
-                time.sleep(0.1)
+        wait_until_up(process, base)
         yield base
     finally:
         process.send_signal(signal.SIGTERM)
