@@ -44,14 +44,23 @@ class KeyCache:
         self._known: TTLCache[str, _Entry] = TTLCache(maxsize, ttl + stale_ttl, timer)
         self._unknown: TTLCache[str, bool] = TTLCache(maxsize, ttl, timer)
         self._inflight: dict[str, asyncio.Future[ApiKey | None]] = {}
+        #: Checks answered from memory, and checks that had to ask the loader.
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._known)
 
     async def get(self, key_id: str, load: Loader) -> ApiKey | None:
         """The row for ``key_id``, from memory when fresh, else from ``load``."""
         entry = self._known.get(key_id)
         if entry is not None and self._timer() - entry.fetched_at < self._ttl:
+            self.hits += 1
             return entry.record
         if entry is None and key_id in self._unknown:
+            self.hits += 1
             return None
+        self.misses += 1
         try:
             return await asyncio.shield(self._fetch_once(key_id, load))
         except StoreUnavailable:

@@ -5,7 +5,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from dotenv import load_dotenv
 
@@ -14,6 +14,9 @@ from keystore.keys import check_prefix
 from keystore.times import parse_duration
 
 T = TypeVar("T")
+
+SyncMode = Literal["ttl", "reload", "listen"]
+SYNC_MODES: tuple[SyncMode, ...] = ("ttl", "reload", "listen")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +55,32 @@ class Settings:
     imported_keys: bool = False
     #: KEYSTORE_ADMIN_DOCS: show the /admin routes in OpenAPI and /docs.
     admin_docs: bool = True
+    #: KEYSTORE_SYNC: how the keys in memory stay fresh: ttl, reload or listen.
+    sync: SyncMode = "ttl"
+    #: KEYSTORE_RELOAD_INTERVAL: seconds between full loads in the reload mode.
+    reload_interval: float = 60.0
+    #: KEYSTORE_RESYNC_INTERVAL: seconds between full loads in the listen mode,
+    #: in case the listener stopped delivering without saying so.
+    resync_interval: float = 3600.0
+    #: KEYSTORE_WATCHDOG_INTERVAL: seconds between checks that the listener runs.
+    watchdog_interval: float = 10.0
+    #: KEYSTORE_LOAD_TIMEOUT: deadline of one full load of the collection, seconds.
+    load_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
-        for name in ("cache_ttl", "timeout"):
+        if self.sync not in SYNC_MODES:
+            raise ConfigError(
+                f"Setting 'sync' is '{self.sync}'; use one of {', '.join(SYNC_MODES)}."
+            )
+        for name in (
+            "cache_ttl",
+            "timeout",
+            "reload_interval",
+            "resync_interval",
+            "watchdog_interval",
+            "load_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Setting '{name}' must be greater than 0.")
         if self.cache_size < 1:
@@ -100,7 +125,22 @@ class Settings:
             ),
             imported_keys=get("KEYSTORE_IMPORTED_KEYS", boolean, d.imported_keys),
             admin_docs=get("KEYSTORE_ADMIN_DOCS", boolean, d.admin_docs),
+            sync=get("KEYSTORE_SYNC", sync_mode, d.sync),
+            reload_interval=get("KEYSTORE_RELOAD_INTERVAL", float, d.reload_interval),
+            resync_interval=get("KEYSTORE_RESYNC_INTERVAL", float, d.resync_interval),
+            watchdog_interval=get(
+                "KEYSTORE_WATCHDOG_INTERVAL", float, d.watchdog_interval
+            ),
+            load_timeout=get("KEYSTORE_LOAD_TIMEOUT", float, d.load_timeout),
         )
+
+
+def sync_mode(text: str) -> SyncMode:
+    """One of ``ttl``, ``reload``, ``listen``."""
+    value = text.lower()
+    if value not in SYNC_MODES:
+        raise ValueError(text)
+    return value
 
 
 def duration(text: str) -> timedelta:

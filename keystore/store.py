@@ -11,11 +11,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from keystore.cache import KeyCache
 from keystore.collection import KeyCollection
 from keystore.errors import (
     ConfigError,
@@ -35,8 +34,11 @@ from keystore.keys import (
     new_key_id,
     parse_key_id,
 )
+from keystore.listener import ListenSource
+from keystore.metrics import Histogram
 from keystore.models import ApiKey, BrokenRow, NewKey, parse_row
 from keystore.settings import Settings
+from keystore.sources import KeySource, ReloadSource, TtlSource
 from keystore.times import utcnow
 from keystore.usage import UsageCounter
 
@@ -84,12 +86,11 @@ class ApiKeyStore:
         self.settings = settings
         self._clock = clock
         self._rows = KeyCollection(settings, timer=timer)
-        self._cache = KeyCache(
-            ttl=settings.cache_ttl,
-            stale_ttl=settings.stale_if_error,
-            maxsize=settings.cache_size,
-            timer=timer,
-        )
+        #: Where checks find rows: the cache, or every row (see sources.py).
+        self.source = make_source(settings, self._rows, timer)
+        #: Checks by outcome ("valid", "malformed", "unknown", ...) and their time.
+        self.checks: Counter[str] = Counter()
+        self.check_latency = Histogram()
         self._usage = UsageCounter(self._rows)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -103,6 +104,16 @@ class ApiKeyStore:
         """Firestore documents written, by cause."""
         return self._rows.writes
 
+    @property
+    def is_ready(self) -> bool:
+        """True once checks can be answered (reload, listen: after the first load)."""
+        return self.source.is_ready
+
+    @property
+    def usage_pending(self) -> int:
+        """Key-days of uses counted but not yet written."""
+        return len(self._usage)
+
     async def __aenter__(self) -> "ApiKeyStore":
         await self.open()
         return self
@@ -113,6 +124,7 @@ class ApiKeyStore:
     async def open(self) -> None:
         """Connect to Firestore and start the usage flusher (if counting is on)."""
         await self._rows.open()
+        await self.source.start()
         if self.settings.usage_flush_interval and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever())
 
@@ -123,6 +135,7 @@ class ApiKeyStore:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        await self.source.stop()
         if len(self._usage):
             await self.flush_usage()
         await self._rows.aclose()
@@ -132,8 +145,22 @@ class ApiKeyStore:
     async def verify(self, key: str) -> ApiKey:
         """The key's record, or KeyRejected saying why not; StoreUnavailable if
         Firestore cannot answer for a key not held in memory."""
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            record = await self._verify(key)
+            outcome = "valid"
+            return record
+        except KeyRejected as exc:
+            outcome = exc.outcome
+            raise
+        finally:
+            self.checks[outcome] += 1
+            self.check_latency.observe(time.perf_counter() - started)
+
+    async def _verify(self, key: str) -> ApiKey:
         key_id = self._key_id(key)
-        record = await self._cache.get(key_id, self._load)
+        record = await self.source.get(key_id)
         # The hash is compared before the row's state is told, so that knowing a
         # key id alone reveals nothing about the key.
         if record is None or not keys_match(key, record.hash):
@@ -165,17 +192,6 @@ class ApiKeyStore:
                 return imported_key_id(key)
             raise
 
-    async def _load(self, key_id: str) -> ApiKey | None:
-        logger.debug("Cache miss for key %s.", key_id)
-        row = await self._rows.get(key_id, cause="check")
-        if row is None:
-            return None
-        try:
-            return parse_row(key_id, row)
-        except InvalidRow as exc:
-            logger.warning("%s The key is refused until the row is fixed.", exc)
-            return None
-
     # -- management: CLI and admin API ----------------------------------------
 
     async def create(
@@ -190,7 +206,7 @@ class ApiKeyStore:
         await self._rows.commit(
             {made.record.id: made.record.to_row()}, {}, cause="admin"
         )
-        self._cache.invalidate(made.record.id)
+        self.source.remember(made.record.id, made.record)
         return made
 
     async def get(self, key_id: str) -> ApiKey | BrokenRow:
@@ -237,16 +253,17 @@ class ApiKeyStore:
             changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
         if changes:
             await self._rows.update(key_id, changes, cause="admin")
-            self._cache.invalidate(key_id)
         record = await self.get(key_id)
         if isinstance(record, BrokenRow):
+            self.source.remember(key_id, None)
             raise InvalidRow(record.id, record.field, record.problem)
+        self.source.remember(key_id, record)
         return record
 
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
         await self._rows.delete(key_id, cause="admin")
-        self._cache.invalidate(key_id)
+        self.source.remember(key_id, None)
 
     async def rotate(
         self,
@@ -271,7 +288,10 @@ class ApiKeyStore:
             {old.id: {"expires_at": old_until, "rotated_to": made.record.id}},
             cause="admin",
         )
-        self._cache.invalidate(old.id)
+        self.source.remember(made.record.id, made.record)
+        self.source.remember(
+            old.id, replace(old, expires_at=old_until, rotated_to=made.record.id)
+        )
         return made
 
     async def import_keys(
@@ -301,9 +321,11 @@ class ApiKeyStore:
             record = self._record(
                 key_id=key_id, key=key, name=name, scopes=scopes, expires_at=expires_at
             )
-            is_new = await self._rows.create(key_id, record.to_row(), cause="admin")
-            (created if is_new else existing).append(key_id)
-            self._cache.invalidate(key_id)
+            if await self._rows.create(key_id, record.to_row(), cause="admin"):
+                created.append(key_id)
+                self.source.remember(key_id, record)
+            else:
+                existing.append(key_id)
         return ImportResult(created=created, existing=existing, rejected=rejected)
 
     async def usage(self, key_id: str, *, days: int = 30) -> Usage:
@@ -375,6 +397,17 @@ class ApiKeyStore:
                 await self.flush_usage()
             except Exception:  # the flusher must outlive any one bad flush
                 logger.exception("Usage flush failed; the counts are kept.")
+
+
+def make_source(
+    settings: Settings, rows: KeyCollection, timer: Callable[[], float]
+) -> KeySource:
+    """Where checks find rows, for ``settings.sync``."""
+    if settings.sync == "reload":
+        return ReloadSource(settings, rows, timer)
+    if settings.sync == "listen":
+        return ListenSource(settings, rows, timer)
+    return TtlSource(settings, rows, timer)
 
 
 def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:
