@@ -15,6 +15,7 @@ from keystore import (
     load_env_file,
     reset_store,
 )
+from keystore.logs import TraceMiddleware, configure_logging
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="keystore demo", version="0.1.0", lifespan=lifespan)
     auth = ApiKeyAuth.from_settings(settings)
+    app.add_middleware(TraceMiddleware)
     app.include_router(build_router(auth))
     app.include_router(build_admin_router(auth, include_in_schema=settings.admin_docs))
     return app
@@ -38,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
 @cache
 def _app_from_env() -> FastAPI:
     load_env_file()
+    configure_logging()
     return create_app(Settings.from_env())
 
 

@@ -1,5 +1,6 @@
 """`uvicorn api.main:app` as a user runs it: a real server process on a real port."""
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import pytest
 from fastapi import FastAPI, Security
 
 from keystore import ApiKey, ApiKeyAuth, ApiKeyStore, Settings, get_store, reset_store
-from tests.conftest import serve
+from tests.conftest import ROOT, serve
 
 
 def free_port() -> int:
@@ -97,3 +98,32 @@ async def test_optional_key(settings: Settings) -> None:
             assert r.status_code == 401, r.text
     finally:
         await reset_store()
+
+
+def test_the_dockerfile_command_serves(settings: Settings, tmp_path: Path) -> None:
+    """The container's CMD, run as is (no Docker here): it serves on $PORT."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd_line = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
+    command = json.loads(cmd_line.removeprefix("CMD "))
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "KEYSTORE_COLLECTION": settings.collection,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}")
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert "Application shutdown complete" in output
