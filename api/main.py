@@ -40,8 +40,9 @@ def create_app(settings: Settings) -> FastAPI:
 @cache
 def _app_from_env() -> FastAPI:
     load_env_file()
-    configure_logging()
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -1,8 +1,8 @@
 """Logging for Cloud Run: one JSON object per line, in Cloud Logging's shape.
 
 ``configure_logging`` sends every record (uvicorn's own included) through one
-handler: JSON on Cloud Run (``K_SERVICE`` is set there) or when asked, plain
-text otherwise. A filter masks anything that looks like an API key, so a key
+handler: JSON on Cloud Run (``K_SERVICE`` is set there) or when the settings
+ask, plain text otherwise. A filter masks anything that looks like an API key, so a key
 that reaches a log line by accident (a URL with ``?api_key=``, say) shows only
 its id.
 """
@@ -10,13 +10,13 @@ its id.
 import contextvars
 import json
 import logging
-import os
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from keystore.settings import Settings
 
 #: The trace of the request being served, from ``X-Cloud-Trace-Context``.
 trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -74,26 +74,17 @@ class CloudJsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(
-    *, json_format: bool | None = None, environ: Mapping[str, str] | None = None
-) -> None:
-    """Route every logger, uvicorn's included, through one masked handler.
-
-    ``json_format`` None means: JSON on Cloud Run, or as KEYSTORE_LOG_FORMAT says.
-    """
-    env = os.environ if environ is None else environ
-    if json_format is None:
-        wanted = env.get("KEYSTORE_LOG_FORMAT", "").lower()
-        json_format = wanted == "json" or (not wanted and "K_SERVICE" in env)
+def configure_logging(settings: Settings) -> None:
+    """Route every logger, uvicorn's included, through one masked handler."""
     handler = logging.StreamHandler()
     handler.addFilter(MaskKeys())
-    if json_format:
-        handler.setFormatter(CloudJsonFormatter(env.get("GOOGLE_CLOUD_PROJECT")))
+    if settings.log_format == "json":
+        handler.setFormatter(CloudJsonFormatter(settings.project))
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(env.get("KEYSTORE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(settings.log_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers = []

@@ -66,6 +66,11 @@ class Settings:
     watchdog_interval: float = 10.0
     #: KEYSTORE_LOAD_TIMEOUT: deadline of one full load of the collection, seconds.
     load_timeout: float = 60.0
+    #: KEYSTORE_LOG_FORMAT: json (Cloud Logging) or text; json by default on
+    #: Cloud Run, where K_SERVICE is set.
+    log_format: Literal["json", "text"] = "text"
+    #: KEYSTORE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR.
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -132,7 +137,31 @@ class Settings:
                 "KEYSTORE_WATCHDOG_INTERVAL", float, d.watchdog_interval
             ),
             load_timeout=get("KEYSTORE_LOAD_TIMEOUT", float, d.load_timeout),
+            log_format=get(
+                "KEYSTORE_LOG_FORMAT",
+                log_format,
+                "json" if env.get("K_SERVICE") else d.log_format,
+            ),
+            log_level=get("KEYSTORE_LOG_LEVEL", log_level, d.log_level),
         )
+
+
+def log_format(text: str) -> Literal["json", "text"]:
+    """``json`` or ``text``."""
+    value = text.lower()
+    if value == "json":
+        return "json"
+    if value == "text":
+        return "text"
+    raise ValueError(text)
+
+
+def log_level(text: str) -> str:
+    """A logging level name."""
+    value = text.upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(text)
+    return value
 
 
 def sync_mode(text: str) -> SyncMode:
