@@ -30,6 +30,13 @@ Row = dict[str, Any]
 USAGE_SUBCOLLECTION = "usage"
 
 
+def _is_refused(exc: BaseException) -> bool:
+    """True if the call failed because Firestore could not be reached at all."""
+    if isinstance(exc, google_errors.RetryError) and exc.cause is not None:
+        exc = exc.cause
+    return isinstance(exc, google_errors.ServiceUnavailable)
+
+
 def _not_found(key_id: str) -> KeyNotFound:
     return KeyNotFound(f"No key with id '{key_id}'.")
 
@@ -49,11 +56,17 @@ class KeyCollection:
             maximum=0.5,
             multiplier=2,
             predicate=if_transient_error,
-            timeout=settings.timeout,
+            # Retries stop before the deadline, so that a refused connection
+            # surfaces as itself (and renews the client) rather than as a timeout.
+            timeout=settings.timeout * 0.75,
         )
         self._client: firestore.AsyncClient | None = None
         self._opening = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
         self._unavailable_until = float("-inf")
+        #: True from a failed call to the next call that succeeds.
+        self.is_degraded = False
+        self._renewed_at = float("-inf")
 
     @property
     def is_unavailable(self) -> bool:
@@ -67,6 +80,8 @@ class KeyCollection:
     async def aclose(self) -> None:
         """Close the Firestore client; a later call opens a new one."""
         client, self._client = self._client, None
+        for task in list(self._closing):
+            task.cancel()
         if client is not None:
             # The async client has no public close; its transport owns the channel.
             await client._firestore_api.transport.close()
@@ -242,6 +257,9 @@ class KeyCollection:
         # answer; callers see one error for all of it.
         except (google_errors.GoogleAPIError, TimeoutError, OSError) as exc:
             self._unavailable_until = self._timer() + self.settings.retry_after
+            self.is_degraded = True
+            if _is_refused(exc):
+                self._renew_client()
             logger.warning(
                 "Firestore failed the %s (%s); answering from memory for %ss.",
                 what,
@@ -250,4 +268,23 @@ class KeyCollection:
             )
             raise StoreUnavailable(f"Firestore did not answer the {what}.") from exc
         self._unavailable_until = float("-inf")
+        self.is_degraded = False
         return result
+
+    def _renew_client(self) -> None:
+        # After a failure gRPC waits longer and longer (up to 2 minutes) before it
+        # reconnects a channel; a new client connects at once, so the store finds
+        # Firestore as soon as it is back. The old one closes once its calls are done.
+        # Calls that fail together renew the client once.
+        if self._timer() - self._renewed_at < self.settings.retry_after:
+            return
+        self._renewed_at = self._timer()
+        client, self._client = self._client, None
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(self._close_later(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, client: firestore.AsyncClient) -> None:
+        await asyncio.sleep(self.settings.timeout)
+        await client._firestore_api.transport.close()

@@ -82,6 +82,7 @@ class TtlSource:
             stale_ttl=settings.stale_if_error,
             maxsize=settings.cache_size,
             timer=timer,
+            stale_first=lambda: rows.is_degraded,
         )
 
     @property
