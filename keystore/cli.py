@@ -25,9 +25,9 @@ from keystore.keys import (
     new_key,
     parse_key_id,
 )
-from keystore.models import ApiKey, BrokenRow, NewKey
+from keystore.models import ApiKey, BrokenRow, NewKey, Usage
 from keystore.settings import Settings, load_env_file
-from keystore.store import ApiKeyStore, Usage
+from keystore.store import ApiKeyStore
 from keystore.times import parse_duration, relative, utcnow
 
 Row = ApiKey | BrokenRow

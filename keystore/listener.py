@@ -17,9 +17,10 @@ from typing import Any
 
 from google.cloud import firestore
 
+from keystore.background import Background
 from keystore.collection import KeyCollection
+from keystore.index import IndexSource
 from keystore.settings import Settings
-from keystore.sources import IndexSource
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,14 @@ class ListenSource(IndexSource):
         self._client: firestore.Client | None = None
         self._watch: Any = None
         self._generation = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background(self._supervise)
         self.restarts = 0
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._supervise())
+        self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
         await asyncio.to_thread(self._close)
 
     async def resync(self) -> None:

@@ -126,3 +126,23 @@ class NewKey:
 
     record: ApiKey
     key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's use as recorded in Firestore."""
+
+    key_id: str
+    total: int
+    last_used_at: datetime | None
+    #: (YYYY-MM-DD, count), newest first.
+    days: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What ``import_keys`` did with each line."""
+
+    created: list[str]
+    existing: list[str]
+    rejected: int

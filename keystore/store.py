@@ -11,10 +11,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from keystore.background import Background
 from keystore.collection import KeyCollection
 from keystore.errors import (
     ConfigError,
@@ -34,11 +35,10 @@ from keystore.keys import (
     new_key_id,
     parse_key_id,
 )
-from keystore.listener import ListenSource
 from keystore.metrics import Histogram
-from keystore.models import ApiKey, BrokenRow, NewKey, parse_row
+from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage, parse_row
 from keystore.settings import Settings
-from keystore.sources import KeySource, ReloadSource, TtlSource
+from keystore.sources import make_source
 from keystore.times import utcnow
 from keystore.usage import UsageCounter
 
@@ -46,26 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: Fields that ``update`` may change.
 EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at"})
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """A key's use as recorded in Firestore."""
-
-    key_id: str
-    total: int
-    last_used_at: datetime | None
-    #: (YYYY-MM-DD, count), newest first.
-    days: list[tuple[str, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class ImportResult:
-    """What ``import_keys`` did with each line."""
-
-    created: list[str]
-    existing: list[str]
-    rejected: int
 
 
 class ApiKeyStore:
@@ -92,7 +72,7 @@ class ApiKeyStore:
         self.checks: Counter[str] = Counter()
         self.check_latency = Histogram()
         self._usage = UsageCounter(self._rows)
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Background(self._flush_forever)
 
     @property
     def reads(self) -> Counter[str]:
@@ -125,16 +105,12 @@ class ApiKeyStore:
         """Connect to Firestore and start the usage flusher (if counting is on)."""
         await self._rows.open()
         await self.source.start()
-        if self.settings.usage_flush_interval and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_forever())
+        if self.settings.usage_flush_interval:
+            self._flusher.start()
 
     async def aclose(self) -> None:
         """Write pending usage counts, then close the Firestore client."""
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await self._flusher.stop()
         await self.source.stop()
         if len(self._usage):
             await self.flush_usage()
@@ -169,7 +145,7 @@ class ApiKeyStore:
             raise KeyDisabled()
         if record.is_expired(self._clock()):
             raise KeyExpired()
-        if self._flusher is not None:
+        if self._flusher.is_running:
             self._usage.add(key_id)
         return record
 
@@ -397,17 +373,6 @@ class ApiKeyStore:
                 await self.flush_usage()
             except Exception:  # the flusher must outlive any one bad flush
                 logger.exception("Usage flush failed; the counts are kept.")
-
-
-def make_source(
-    settings: Settings, rows: KeyCollection, timer: Callable[[], float]
-) -> KeySource:
-    """Where checks find rows, for ``settings.sync``."""
-    if settings.sync == "reload":
-        return ReloadSource(settings, rows, timer)
-    if settings.sync == "listen":
-        return ListenSource(settings, rows, timer)
-    return TtlSource(settings, rows, timer)
 
 
 def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:

@@ -21,8 +21,8 @@ from keystore import (
     StoreUnavailable,
 )
 from keystore.collection import KeyCollection
+from keystore.index import ReloadSource
 from keystore.keys import new_key
-from keystore.sources import ReloadSource
 from tests.conftest import Emulator, Timer
 
 pytestmark = pytest.mark.anyio
