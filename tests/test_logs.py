@@ -2,10 +2,6 @@
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +10,7 @@ import pytest
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
 from keystore.logs import CloudJsonFormatter, MaskKeys, mask_keys, trace_id
-from tests.test_serve import free_port, wait_until_up
+from tests.conftest import running_server
 
 
 def test_mask_keys_keeps_only_the_id() -> None:
@@ -55,25 +51,13 @@ async def test_cloud_run_server_logs_json_with_trace_and_no_key(
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n")
-    port = free_port()
     env = {
-        **os.environ,
         "K_SERVICE": "keystore-demo",  # what Cloud Run sets
         "KEYSTORE_COLLECTION": settings.collection,
         "KEYSTORE_QUERY_PARAM": "api_key",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(process, base)
-        async with httpx.AsyncClient(base_url=base) as http:
+    with running_server(tmp_path, env) as server:
+        async with httpx.AsyncClient(base_url=server.base) as http:
             r = await http.get(
                 "/v1/whoami",
                 params={"api_key": made.key},
@@ -82,9 +66,7 @@ async def test_cloud_run_server_logs_json_with_trace_and_no_key(
                 },
             )
             assert r.status_code == 200, r.text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
+    output = server.output
     lines = [line for line in output.splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all("severity" in e and "message" in e for e in entries)

@@ -1,12 +1,7 @@
 """Several server processes against one emulator: changes reach every one of them."""
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,27 +9,9 @@ import pytest
 from google.cloud import firestore
 
 from keystore import ApiKeyStore, Settings
-from tests.test_serve import free_port, wait_until_up
+from tests.conftest import running_server
 
 pytestmark = pytest.mark.anyio
-
-
-def start_servers(
-    settings: Settings, cwd: Path, count: int, **env: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    for _ in range(count):
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
-            cwd=cwd,
-            env={**os.environ, "KEYSTORE_COLLECTION": settings.collection, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(process, base)
-        yield process, base
 
 
 async def until_all(
@@ -63,31 +40,34 @@ async def until_all(
 async def test_changes_reach_every_process(
     settings: Settings, tmp_path: Path, mode: str, limit: float
 ) -> None:
-    servers = list(
-        start_servers(
-            settings, tmp_path, 2, KEYSTORE_SYNC=mode, KEYSTORE_RELOAD_INTERVAL="1"
-        )
-    )
-    bases = [base for _, base in servers]
+    env = {
+        "KEYSTORE_COLLECTION": settings.collection,
+        "KEYSTORE_SYNC": mode,
+        "KEYSTORE_RELOAD_INTERVAL": "1",
+    }
+    with (
+        running_server(tmp_path, env) as first,
+        running_server(tmp_path, env) as second,
+    ):
+        await check_every_process(settings, [first.base, second.base], limit)
+
+
+async def check_every_process(
+    settings: Settings, bases: list[str], limit: float
+) -> None:
     db = firestore.AsyncClient(project=settings.project)
     rows = db.collection(settings.collection)
-    try:
-        async with httpx.AsyncClient() as http:
-            for base in bases:  # ready: the first full load is done
-                async with asyncio.timeout(10):
-                    while (await http.get(f"{base}/readyz")).status_code != 200:
-                        await asyncio.sleep(0.05)
-            async with ApiKeyStore(settings) as store:
-                made = await store.create(name="shared")
-                other = await store.create(name="other")
-            assert await until_all(http, bases, made.key, 200, limit) <= limit
-            await rows.document(made.record.id).update({"disabled": True})
-            assert await until_all(http, bases, made.key, 401, limit) <= limit
-            assert await until_all(http, bases, other.key, 200, limit) <= limit
-            await rows.document(other.record.id).delete()
-            assert await until_all(http, bases, other.key, 401, limit) <= limit
-    finally:
-        for process, _ in servers:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in servers:
-            process.communicate(timeout=30)
+    async with httpx.AsyncClient() as http:
+        for base in bases:  # ready: the first full load is done
+            async with asyncio.timeout(10):
+                while (await http.get(f"{base}/readyz")).status_code != 200:
+                    await asyncio.sleep(0.05)
+        async with ApiKeyStore(settings) as store:
+            made = await store.create(name="shared")
+            other = await store.create(name="other")
+        assert await until_all(http, bases, made.key, 200, limit) <= limit
+        await rows.document(made.record.id).update({"disabled": True})
+        assert await until_all(http, bases, made.key, 401, limit) <= limit
+        assert await until_all(http, bases, other.key, 200, limit) <= limit
+        await rows.document(other.record.id).delete()
+        assert await until_all(http, bases, other.key, 401, limit) <= limit

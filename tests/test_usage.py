@@ -2,10 +2,6 @@
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +13,7 @@ from google.cloud import firestore
 from keystore import ApiKeyStore, Settings
 from keystore.collection import KeyCollection
 from keystore.usage import UsageCounter, day_name
-from tests.conftest import Emulator
-from tests.test_serve import free_port, wait_until_up
+from tests.conftest import Emulator, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +57,7 @@ async def test_counts_of_a_revoked_key_are_dropped_not_resurrected(
 async def test_counts_survive_an_outage(
     emulator: Emulator, make_settings: Callable[..., Settings]
 ) -> None:
-    async with ApiKeyStore(make_settings(timeout=0.5, retry_after=1)) as store:
+    async with ApiKeyStore(make_settings(timeout=2.0, retry_after=1)) as store:
         made = await store.create(name="n")
         for _ in range(5):
             assert await store.does_api_key_exist(made.key)
@@ -91,50 +86,31 @@ def test_day_names() -> None:
     assert day_name(20_415) == "2025-11-23"
 
 
-def start_app(settings: Settings, cwd: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "KEYSTORE_COLLECTION": settings.collection,
-        # Counts reach Firestore only at shutdown: the flush on SIGTERM is tested.
-        "KEYSTORE_USAGE_FLUSH_INTERVAL": "3600",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_until_up(process, base)
-    return process, base
-
-
 async def test_two_processes_count_exactly(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="shared")
-    apps = [start_app(settings, tmp_path) for _ in range(2)]
-    try:
+    env = {
+        "KEYSTORE_COLLECTION": settings.collection,
+        # Counts reach Firestore only at shutdown: the flush on SIGTERM is tested.
+        "KEYSTORE_USAGE_FLUSH_INTERVAL": "3600",
+    }
+    with (
+        running_server(tmp_path, env) as first,
+        running_server(tmp_path, env) as second,
+    ):
         async with httpx.AsyncClient() as http:
 
             async def hit(base: str) -> None:
                 r = await http.get(f"{base}/v1/whoami", headers={"x-api-key": made.key})
                 assert r.status_code == 200, r.text
 
-            await asyncio.gather(*(hit(base) for _, base in apps for _ in range(60)))
-    finally:
-        outputs = []
-        for process, _ in apps:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in apps:
-            outputs.append(process.communicate(timeout=30)[0])
-    for output in outputs:
-        assert "Application shutdown complete" in output, output
-        assert made.key not in output
+            bases = [first.base, second.base]
+            await asyncio.gather(*(hit(base) for base in bases for _ in range(60)))
+    for server in (first, second):
+        assert "Application shutdown complete" in server.output, server.output
+        assert made.key not in server.output
     async with ApiKeyStore(settings) as store:
         usage = await store.usage(made.record.id)
     assert usage.total == 120
