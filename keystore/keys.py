@@ -52,14 +52,16 @@ def _compiled(prefix: str) -> re.Pattern[str]:
     )
 
 
+# Base62 digit pairs: three table look-ups instead of six divisions, since the
+# checksum is computed on every check.
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
+
+
 def checksum(body: str) -> str:
     """CRC32 of ``body`` as 6 base62 characters."""
-    value = zlib.crc32(body.encode())
-    digits = []
-    for _ in range(CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        digits.append(ALPHABET[digit])
-    return "".join(reversed(digits))
+    high, low = divmod(zlib.crc32(body.encode()), 3844)
+    high, middle = divmod(high, 3844)
+    return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
 def _random(length: int) -> str:

@@ -121,10 +121,22 @@ class ApiKeyStore:
     async def verify(self, key: str) -> ApiKey:
         """The key's record, or KeyRejected saying why not; StoreUnavailable if
         Firestore cannot answer for a key not held in memory."""
+        # One flat function: this is the hot path, measured in microseconds.
         started = time.perf_counter()
         outcome = "unavailable"
         try:
-            record = await self._verify(key)
+            key_id = self._key_id(key)
+            record = await self.source.get(key_id)
+            # The hash is compared before the row's state is told, so that
+            # knowing a key id alone reveals nothing about the key.
+            if record is None or not keys_match(key, record.hash):
+                raise KeyNotFound()
+            if record.disabled:
+                raise KeyDisabled()
+            if record.is_expired(self._clock()):
+                raise KeyExpired()
+            if self._flusher.is_running:
+                self._usage.add(key_id)
             outcome = "valid"
             return record
         except KeyRejected as exc:
@@ -133,21 +145,6 @@ class ApiKeyStore:
         finally:
             self.checks[outcome] += 1
             self.check_latency.observe(time.perf_counter() - started)
-
-    async def _verify(self, key: str) -> ApiKey:
-        key_id = self._key_id(key)
-        record = await self.source.get(key_id)
-        # The hash is compared before the row's state is told, so that knowing a
-        # key id alone reveals nothing about the key.
-        if record is None or not keys_match(key, record.hash):
-            raise KeyNotFound()
-        if record.disabled:
-            raise KeyDisabled()
-        if record.is_expired(self._clock()):
-            raise KeyExpired()
-        if self._flusher.is_running:
-            self._usage.add(key_id)
-        return record
 
     async def get_api_key(self, key: str) -> ApiKey | None:
         """The key's record if the key is valid now, else None."""
