@@ -10,7 +10,8 @@
 # Environment: KEYSTORE_EMULATOR_DIR (state: pid, port, log; default .emulator),
 # KEYSTORE_EMULATOR_PORT (default: a free port), KEYSTORE_EMULATOR_TIMEOUT (seconds
 # to wait for readiness, default 60), KEYSTORE_EMULATOR_BIN (the emulator's launcher,
-# default: found under the Google Cloud SDK), PORT (the API's port for serve, 8000).
+# default: found under the Google Cloud SDK), KEYSTORE_EMULATOR_IMPORT (an export's
+# .overall_export_metadata file to load at start), PORT (the API's port, 8000).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -62,8 +63,10 @@ cmd_start() {
   mkdir -p "$STATE_DIR"
   # setsid: the emulator (a shell script and its java child) gets its own process
   # group, so that stop can end both and nothing is orphaned.
+  local import=()
+  [ -n "${KEYSTORE_EMULATOR_IMPORT:-}" ] && import=(--import-data="$KEYSTORE_EMULATOR_IMPORT")
   setsid "$emulator" start --host="$HOST" --port="$port" --rules="$ROOT/firestore.rules" \
-    >"$STATE_DIR/log" 2>&1 </dev/null &
+    "${import[@]}" >"$STATE_DIR/log" 2>&1 </dev/null &
   echo $! >"$STATE_DIR/pid"
   echo "$port" >"$STATE_DIR/port"
   deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))

@@ -7,7 +7,15 @@ from functools import cache
 from fastapi import FastAPI
 
 from api.routes import build_router
-from keystore import ApiKeyAuth, Settings, get_store, load_env_file, reset_store
+from keystore import (
+    ApiKeyAuth,
+    Settings,
+    build_admin_router,
+    get_store,
+    load_env_file,
+    reset_store,
+)
+from keystore.logs import TraceMiddleware, configure_logging
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -22,14 +30,19 @@ def create_app(settings: Settings) -> FastAPI:
             await reset_store()
 
     app = FastAPI(title="keystore demo", version="0.1.0", lifespan=lifespan)
-    app.include_router(build_router(ApiKeyAuth.from_settings(settings)))
+    auth = ApiKeyAuth.from_settings(settings)
+    app.add_middleware(TraceMiddleware)
+    app.include_router(build_router(auth))
+    app.include_router(build_admin_router(auth, include_in_schema=settings.admin_docs))
     return app
 
 
 @cache
 def _app_from_env() -> FastAPI:
     load_env_file()
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -3,10 +3,12 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Security
+from fastapi import APIRouter, Response, Security
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from keystore import ApiKey, ApiKeyAuth
+from keystore import ApiKey, ApiKeyAuth, get_store
+from keystore.metrics import render
 
 #: The scope that GET /v1/reports asks for, to show how scopes work.
 REPORTS_SCOPE = "reports:read"
@@ -14,6 +16,14 @@ REPORTS_SCOPE = "reports:read"
 
 class Health(BaseModel):
     status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    sync: str
+    keys_in_memory: int
+    #: Seconds since the keys in memory were last confirmed current (reload, listen).
+    index_age_seconds: float | None
 
 
 class WhoAmI(BaseModel):
@@ -38,6 +48,29 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
     async def healthz() -> Health:
         """Liveness: answers without touching Firestore."""
         return Health(status="ok")
+
+    @router.get("/readyz", tags=["ops"], responses={503: {"model": Ready}})
+    async def readyz(response: Response) -> Ready:
+        """Readiness: 200 once keys can be checked (reload, listen: after the
+        first full load), 503 before."""
+        store = get_store()
+        age = store.source.age()
+        ready = Ready(
+            ready=store.is_ready,
+            sync=store.settings.sync,
+            keys_in_memory=len(store.source),
+            index_age_seconds=None if age is None else round(age, 3),
+        )
+        if not ready.ready:
+            response.status_code = 503
+        return ready
+
+    @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Counters in the Prometheus text format."""
+        return PlainTextResponse(
+            render(get_store()), media_type="text/plain; version=0.0.4"
+        )
 
     @router.get("/v1/whoami", tags=["v1"])
     async def whoami(key: CurrentKey) -> WhoAmI:

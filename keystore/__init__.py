@@ -1,5 +1,6 @@
 """keystore: API keys for FastAPI services, kept as hashed rows in Firestore."""
 
+from keystore.admin import build_admin_router
 from keystore.dependency import ApiKeyAuth
 from keystore.errors import (
     ConfigError,
@@ -33,6 +34,7 @@ __all__ = [
     "NewKey",
     "Settings",
     "StoreUnavailable",
+    "build_admin_router",
     "get_store",
     "hash_key",
     "key_pattern",

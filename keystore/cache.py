@@ -28,7 +28,9 @@ class KeyCache:
     """Rows by key id. A revoked key is seen within one ``ttl`` of its revocation.
 
     While the loader raises StoreUnavailable, a row fetched less than
-    ``ttl + stale_ttl`` ago is still served (stale-if-error).
+    ``ttl + stale_ttl`` ago is still served (stale-if-error); while
+    ``stale_first()`` says the loader is failing, such a row is served at once
+    and refreshed in the background.
     """
 
     def __init__(
@@ -38,20 +40,41 @@ class KeyCache:
         stale_ttl: float,
         maxsize: int,
         timer: Callable[[], float] = time.monotonic,
+        stale_first: Callable[[], bool] = lambda: False,
     ) -> None:
         self._ttl = ttl
         self._timer = timer
+        self._stale_first = stale_first
         self._known: TTLCache[str, _Entry] = TTLCache(maxsize, ttl + stale_ttl, timer)
         self._unknown: TTLCache[str, bool] = TTLCache(maxsize, ttl, timer)
         self._inflight: dict[str, asyncio.Future[ApiKey | None]] = {}
+        #: Checks answered from memory, and checks that had to ask the loader.
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._known)
 
     async def get(self, key_id: str, load: Loader) -> ApiKey | None:
         """The row for ``key_id``, from memory when fresh, else from ``load``."""
-        entry = self._known.get(key_id)
+        # Indexing, not .get(): TTLCache.get costs several times more, and this
+        # runs on every check.
+        try:
+            entry: _Entry | None = self._known[key_id]
+        except KeyError:
+            entry = None
         if entry is not None and self._timer() - entry.fetched_at < self._ttl:
+            self.hits += 1
             return entry.record
         if entry is None and key_id in self._unknown:
+            self.hits += 1
             return None
+        self.misses += 1
+        if entry is not None and self._stale_first():
+            # The loader is failing: answer from memory now and let the refresh
+            # run on its own, instead of making this request wait for it.
+            self._fetch_once(key_id, load)
+            return entry.record
         try:
             return await asyncio.shield(self._fetch_once(key_id, load))
         except StoreUnavailable:

@@ -1,4 +1,4 @@
-"""The ``keystore`` command: create, list and revoke keys.
+"""The ``keystore`` command: make, list, change, rotate and revoke keys.
 
 Settings come from the environment and .env, as for the app, with the same
 Firestore deadline, so a command never hangs. Errors are one line on stderr and
@@ -7,31 +7,30 @@ a non-zero exit.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, TextIO
 
-from keystore.errors import KeyStoreError
-from keystore.models import ApiKey, BrokenRow
+from keystore.errors import KeyStoreError, MalformedKey
+from keystore.keys import (
+    hash_key,
+    imported_key_id,
+    is_importable,
+    new_key,
+    parse_key_id,
+)
+from keystore.models import ApiKey, BrokenRow, NewKey, Usage
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore
+from keystore.times import parse_duration, relative, utcnow
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``45m``, ``90s`` or ``2w`` as a timedelta."""
-    match = re.fullmatch(r"\s*(\d{1,6})\s*([smhdw])\s*", text)
-    if match is None or int(match[1]) == 0:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a duration; use a positive number and a unit, like 30d, "
-            "12h, 45m, 90s or 2w"
-        )
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+Row = ApiKey | BrokenRow
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,33 +39,95 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="keystore", description="Manage API keys kept in Firestore.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    create = commands.add_parser("create", help="make a key and print it once")
+    def command(name: str, help: str, *, json_output: bool = True) -> Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        if json_output:
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        return sub
+
+    def key_id(sub: Any) -> None:
+        sub.add_argument("id", help="the key id (the middle part of the key)")
+
+    def expiry(sub: Any) -> None:
+        sub.add_argument(
+            "--expires-in", type=_duration, help="lifetime, like 30d or 12h"
+        )
+
+    create = command("create", "make a key and print it once")
     create.add_argument("--name", required=True, help="who or what the key is for")
-    create.add_argument(
-        "--scope", action="append", default=[], help="a scope to grant (repeatable)"
-    )
-    create.add_argument(
-        "--expires-in", type=parse_duration, help="lifetime, like 30d or 12h"
-    )
-    create.add_argument("--json", action="store_true", help="print JSON")
+    create.add_argument("--scope", action="append", default=[], help="repeatable")
+    expiry(create)
 
-    listing = commands.add_parser("list", help="list keys (never the keys themselves)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = command("list", "list keys (never the keys or their hashes)")
+    listing.add_argument("--disabled", action="store_true", help="disabled keys only")
+    listing.add_argument("--expired", action="store_true", help="expired keys only")
+    listing.add_argument("--scope", help="keys with this scope only")
 
-    revoke = commands.add_parser("revoke", help="delete a key's row")
-    revoke.add_argument("id", help="the key id (the middle part of the key)")
+    key_id(command("show", "show one key"))
+    key_id(command("revoke", "delete a key's row: the key stops working"))
+    key_id(command("disable", "refuse a key until it is enabled again"))
+    key_id(command("enable", "accept a disabled key again"))
+
+    rotate = command("rotate", "replace a key; the old one works for a grace period")
+    key_id(rotate)
+    rotate.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(hours=24),
+        help="how long the old key keeps working (default 24h)",
+    )
+    expiry(rotate)
+
+    scopes = command("set-scopes", "replace a key's scopes")
+    key_id(scopes)
+    scopes.add_argument("scopes", nargs="*", metavar="SCOPE")
+
+    usage = command("usage", "a key's use: total, last use, per day")
+    key_id(usage)
+    usage.add_argument("--days", type=int, default=30, help="days to show (30)")
+
+    imports = command("import", "store the hashes of existing plaintext keys")
+    imports.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        help="one key per line ('-', the default: stdin)",
+    )
+    imports.add_argument("--name-prefix", default="imported", help="name of the keys")
+    imports.add_argument("--scope", action="append", default=[], help="repeatable")
+    imports.add_argument(
+        "--dotenv", action="store_true", help="lines are NAME=KEY, as in a .env file"
+    )
+    expiry(imports)
+
+    hashing = command("hash", "print the id and hash to add a row by hand")
+    hashing.add_argument(
+        "key",
+        nargs="?",
+        help="an existing key; '-' reads it from stdin; none: a new key",
+    )
     return parser
+
+
+# -- output ---------------------------------------------------------------------
 
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def _describe(row: ApiKey | BrokenRow) -> dict[str, Any]:
+def _describe(row: Row) -> dict[str, Any]:
     if isinstance(row, BrokenRow):
         return {"id": row.id, "broken": f"field '{row.field}': {row.problem}"}
     return {
@@ -76,10 +137,14 @@ def _describe(row: ApiKey | BrokenRow) -> dict[str, Any]:
         "disabled": row.disabled,
         "expires_at": _iso(row.expires_at),
         "created_at": _iso(row.created_at),
+        "usage_count": row.usage_count,
+        "last_used_at": _iso(row.last_used_at),
+        "rotated_from": row.rotated_from,
+        "rotated_to": row.rotated_to,
     }
 
 
-def _status(row: ApiKey | BrokenRow, now: datetime) -> str:
+def _status(row: Row, now: datetime) -> str:
     if isinstance(row, BrokenRow):
         return f"BROKEN (field '{row.field}': {row.problem})"
     if row.disabled:
@@ -87,50 +152,208 @@ def _status(row: ApiKey | BrokenRow, now: datetime) -> str:
     return "expired" if row.is_expired(now) else "active"
 
 
-def _table(rows: Sequence[ApiKey | BrokenRow]) -> str:
-    now = datetime.now(UTC)
-    lines = [("ID", "NAME", "SCOPES", "EXPIRES", "STATUS")]
-    for row in rows:
-        if isinstance(row, BrokenRow):
-            lines.append((row.id, "", "", "", _status(row, now)))
-        else:
-            expires = _iso(row.expires_at) or "never"
-            lines.append(
-                (row.id, row.name, ",".join(row.scopes), expires, _status(row, now))
-            )
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    rows = [list(header), *map(list, lines)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
         + "  "
-        + line[4]
-        for line in lines
+        + row[-1]
+        for row in rows
     )
 
 
+def _list_table(rows: Sequence[Row]) -> str:
+    now = utcnow()
+    lines = []
+    for row in rows:
+        if isinstance(row, BrokenRow):
+            lines.append([row.id, "", "", "", "", _status(row, now)])
+            continue
+        lines.append(
+            [
+                row.id,
+                row.name,
+                ",".join(row.scopes) or "-",
+                relative(row.expires_at, now),
+                relative(row.last_used_at, now),
+                _status(row, now),
+            ]
+        )
+    return _table(("ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "STATUS"), lines)
+
+
+def _details(row: Row) -> str:
+    now = utcnow()
+    if isinstance(row, BrokenRow):
+        return f"id      {row.id}\nstatus  {_status(row, now)}"
+    pairs = [
+        ("id", row.id),
+        ("name", row.name),
+        ("scopes", ", ".join(row.scopes) or "-"),
+        ("status", _status(row, now)),
+        ("expires", f"{relative(row.expires_at, now)} ({_iso(row.expires_at) or '-'})"),
+        ("created", f"{relative(row.created_at, now)} ({_iso(row.created_at) or '-'})"),
+        ("uses", str(row.usage_count)),
+        ("last used", relative(row.last_used_at, now)),
+    ]
+    pairs += [("rotated from", row.rotated_from)] if row.rotated_from else []
+    pairs += [("rotated to", row.rotated_to)] if row.rotated_to else []
+    return "\n".join(f"{name:<13}{value}" for name, value in pairs)
+
+
+def _usage_text(usage: Usage) -> str:
+    head = (
+        f"{usage.key_id}: {usage.total} uses, last "
+        f"{relative(usage.last_used_at, utcnow())}"
+    )
+    if not usage.days:
+        return head
+    return head + "\n" + _table(("DAY", "USES"), [[d, str(n)] for d, n in usage.days])
+
+
+def _print_new(made: NewKey, as_json: bool, verb: str) -> None:
+    if as_json:
+        print(json.dumps({**_describe(made.record), "key": made.key}))
+        return
+    print(f"{verb} key {made.record.id} ({made.record.name}).")
+    print("The key is shown this once; store it now:")
+    print(made.key)
+
+
+def _print(value: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(value) if as_json else text)
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _expires_at(args: argparse.Namespace) -> datetime | None:
+    return utcnow() + args.expires_in if args.expires_in else None
+
+
+def _read_keys(source: TextIO, prefix: str, dotenv: bool) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(source, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if dotenv:
+            match = re.fullmatch(r"(?:export\s+)?([A-Za-z_]\w*)\s*=\s*(.*)", line)
+            if match is None:
+                continue
+            yield f"{prefix}-{match[1]}", match[2].strip().strip("'\"")
+        else:
+            yield f"{prefix}-{number}", line
+
+
+def _hash(args: argparse.Namespace, settings: Settings) -> None:
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    made = key is None
+    key = key or new_key(settings.prefix)
+    try:
+        key_id = parse_key_id(key, settings.prefix)
+    except MalformedKey:
+        if not is_importable(key):
+            raise
+        key_id = imported_key_id(key)
+    out = {"id": key_id, "hash": hash_key(key), "collection": settings.collection}
+    if made:
+        out["key"] = key
+    text = [
+        f"In the Firestore console, add a document to the '{settings.collection}' "
+        f"collection with the id {key_id} and the field hash (string):",
+        out["hash"],
+        "Optional fields: name (string), scopes (array of strings), "
+        "disabled (boolean), expires_at (timestamp).",
+    ]
+    if made:
+        text += ["The new key, shown this once; store it now:", key]
+    _print(out, args.json, "\n".join(text))
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    async with ApiKeyStore(settings) as store:
-        if args.command == "create":
-            expires_at = (
-                datetime.now(UTC) + args.expires_in if args.expires_in else None
-            )
+    command = args.command
+    if command == "hash":
+        _hash(args, settings)
+        return
+    # Counting uses is the service's job; the CLI only manages rows.
+    async with ApiKeyStore(replace(settings, usage_flush_interval=0)) as store:
+        if command == "create":
             made = await store.create(
-                name=args.name, scopes=args.scope, expires_at=expires_at
+                name=args.name, scopes=args.scope, expires_at=_expires_at(args)
             )
-            if args.json:
-                print(json.dumps({**_describe(made.record), "key": made.key}))
-            else:
-                print(f"Created key {made.record.id} ({made.record.name}).")
-                print("The key is shown this once; store it now:")
-                print(made.key)
-        elif args.command == "list":
-            rows = await store.list_keys()
-            if args.json:
-                print(json.dumps([_describe(row) for row in rows]))
-            else:
-                print(_table(rows))
-        elif args.command == "revoke":
+            _print_new(made, args.json, "Created")
+        elif command == "list":
+            rows = await store.list_keys(
+                disabled=args.disabled, expired=args.expired, scope=args.scope
+            )
+            _print([_describe(row) for row in rows], args.json, _list_table(rows))
+        elif command == "show":
+            row = await store.get(args.id)
+            _print(_describe(row), args.json, _details(row))
+        elif command in ("disable", "enable"):
+            record = await store.update(args.id, disabled=command == "disable")
+            _print(
+                _describe(record),
+                args.json,
+                f"Key {args.id} is {_status(record, utcnow())}.",
+            )
+        elif command == "set-scopes":
+            record = await store.update(args.id, scopes=args.scopes)
+            scopes = ", ".join(record.scopes) or "none"
+            _print(
+                _describe(record), args.json, f"Key {args.id} now has scopes: {scopes}."
+            )
+        elif command == "revoke":
             await store.revoke(args.id)
-            print(f"Revoked key {args.id}.")
+            _print(
+                {"id": args.id, "revoked": True}, args.json, f"Revoked key {args.id}."
+            )
+        elif command == "rotate":
+            made = await store.rotate(
+                args.id, grace=args.grace, expires_at=_expires_at(args)
+            )
+            _print_new(made, args.json, "Rotated to")
+            if not args.json:
+                now = utcnow()
+                until = relative(now + args.grace, now)
+                print(f"The old key {args.id} stops working {until}.")
+        elif command == "usage":
+            usage = await store.usage(args.id, days=args.days)
+            value = {
+                "id": usage.key_id,
+                "total": usage.total,
+                "last_used_at": _iso(usage.last_used_at),
+                "days": [{"day": day, "count": count} for day, count in usage.days],
+            }
+            _print(value, args.json, _usage_text(usage))
+        elif command == "import":
+            with contextlib.ExitStack() as stack:
+                source = (
+                    sys.stdin
+                    if args.file == "-"
+                    else stack.enter_context(open(args.file, encoding="utf-8"))
+                )
+                pairs = list(_read_keys(source, args.name_prefix, args.dotenv))
+            result = await store.import_keys(
+                pairs, scopes=args.scope, expires_at=_expires_at(args)
+            )
+            value = {
+                "created": result.created,
+                "existing": result.existing,
+                "rejected": result.rejected,
+            }
+            text = (
+                f"Imported {len(result.created)} keys; {len(result.existing)} were "
+                f"there already; {result.rejected} lines were not keys "
+                "(16-256 printable characters, no spaces)."
+            )
+            if not settings.imported_keys:
+                text += (
+                    "\nSet KEYSTORE_IMPORTED_KEYS=true so the service accepts keys "
+                    "that are not of keystore's format."
+                )
+            _print(value, args.json, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         load_env_file()
         asyncio.run(_run(args, Settings.from_env()))
-    except KeyStoreError as exc:
+    except (KeyStoreError, ValueError, OSError) as exc:
         print(f"keystore: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

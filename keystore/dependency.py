@@ -21,6 +21,15 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "APIKey"})
 
 
+def unavailable(retry_after: int) -> HTTPException:
+    """The 503 for a store that cannot answer now."""
+    return HTTPException(
+        503,
+        "Key store unavailable; retry later.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 class ApiKeyAuth(SecurityBase):
     """Use as ``Security(auth, scopes=[...])``; returns the caller's ApiKey.
 
@@ -73,11 +82,7 @@ class ApiKeyAuth(SecurityBase):
         except KeyRejected as exc:
             raise _unauthorized(exc.reason) from None
         except StoreUnavailable:
-            raise HTTPException(
-                503,
-                "Key store unavailable; retry later.",
-                headers={"Retry-After": str(store.settings.retry_after)},
-            ) from None
+            raise unavailable(store.settings.retry_after) from None
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
                 raise HTTPException(403, f"API key lacks the scope '{scope}'.")

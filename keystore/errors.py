@@ -27,12 +27,18 @@ class KeyRejected(KeyStoreError):
 
     #: Short reason safe to show to the caller.
     reason = "Invalid API key."
+    #: The outcome label of the check, for metrics.
+    outcome = "unknown"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
 
 
 class MalformedKey(KeyRejected):
     """The value is not an API key of this store's format."""
 
     reason = "Malformed API key."
+    outcome = "malformed"
 
 
 class KeyNotFound(KeyRejected):
@@ -43,12 +49,14 @@ class KeyDisabled(KeyRejected):
     """The key's row is disabled."""
 
     reason = "API key is disabled."
+    outcome = "disabled"
 
 
 class KeyExpired(KeyRejected):
     """The key's row has expired."""
 
     reason = "API key has expired."
+    outcome = "expired"
 
 
 class InvalidRow(KeyStoreError):

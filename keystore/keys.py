@@ -52,14 +52,16 @@ def _compiled(prefix: str) -> re.Pattern[str]:
     )
 
 
+# Base62 digit pairs: three table look-ups instead of six divisions, since the
+# checksum is computed on every check.
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
+
+
 def checksum(body: str) -> str:
     """CRC32 of ``body`` as 6 base62 characters."""
-    value = zlib.crc32(body.encode())
-    digits = []
-    for _ in range(CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        digits.append(ALPHABET[digit])
-    return "".join(reversed(digits))
+    high, low = divmod(zlib.crc32(body.encode()), 3844)
+    high, middle = divmod(high, 3844)
+    return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
 def _random(length: int) -> str:
@@ -98,3 +100,18 @@ def hash_key(key: str) -> str:
 def keys_match(key: str, stored_hash: str) -> bool:
     """Compare a presented key with a stored hash in constant time."""
     return hmac.compare_digest(hash_key(key), stored_hash)
+
+
+_IMPORTABLE = re.compile(r"[\x21-\x7e]{16,256}")
+
+
+def is_importable(key: str) -> bool:
+    """True for a key of another format that ``keystore import`` accepts:
+    16 to 256 printable ASCII characters, no spaces."""
+    return _IMPORTABLE.fullmatch(key) is not None
+
+
+def imported_key_id(key: str) -> str:
+    """The document id of an imported key: derived from the key, so that importing
+    it again finds the same row. Separate from the stored hash by a label."""
+    return hashlib.sha256(b"keystore-import:" + key.encode()).hexdigest()[:ID_LENGTH]

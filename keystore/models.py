@@ -28,6 +28,11 @@ class ApiKey:
     created_at: datetime | None = None
     #: SHA-256 of the key, hex. Kept out of repr so that it does not end in logs.
     hash: str = field(default="", repr=False)
+    # Written by keystore for people to read; they never decide a check.
+    usage_count: int = 0
+    last_used_at: datetime | None = None
+    rotated_from: str | None = None
+    rotated_to: str | None = None
 
     def is_expired(self, now: datetime) -> bool:
         """True once ``expires_at`` has passed."""
@@ -46,6 +51,10 @@ class ApiKey:
             "disabled": self.disabled,
             "expires_at": self.expires_at,
             "created_at": self.created_at,
+            "usage_count": self.usage_count,
+            "last_used_at": self.last_used_at,
+            "rotated_from": self.rotated_from,
+            "rotated_to": self.rotated_to,
         }
 
 
@@ -91,7 +100,24 @@ def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
         expires_at=_typed(key_id, row, "expires_at", datetime, None),
         created_at=_typed(key_id, row, "created_at", datetime, None),
         hash=stored_hash.lower(),
+        **_informational(row),
     )
+
+
+def _informational(row: Mapping[str, Any]) -> dict[str, Any]:
+    # A hand-edited usage field must not lock a key out: wrong types read as unset.
+    count = row.get("usage_count")
+    last_used = row.get("last_used_at")
+    return {
+        "usage_count": count if type(count) is int else 0,
+        "last_used_at": last_used if isinstance(last_used, datetime) else None,
+        "rotated_from": _text_or_none(row.get("rotated_from")),
+        "rotated_to": _text_or_none(row.get("rotated_to")),
+    }
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +126,23 @@ class NewKey:
 
     record: ApiKey
     key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's use as recorded in Firestore."""
+
+    key_id: str
+    total: int
+    last_used_at: datetime | None
+    #: (YYYY-MM-DD, count), newest first.
+    days: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What ``import_keys`` did with each line."""
+
+    created: list[str]
+    existing: list[str]
+    rejected: int

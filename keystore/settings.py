@@ -3,15 +3,20 @@
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from dotenv import load_dotenv
 
 from keystore.errors import ConfigError
 from keystore.keys import check_prefix
+from keystore.times import parse_duration
 
 T = TypeVar("T")
+
+SyncMode = Literal["ttl", "reload", "listen"]
+SYNC_MODES: tuple[SyncMode, ...] = ("ttl", "reload", "listen")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,15 +47,50 @@ class Settings:
     #: KEYSTORE_RETRY_AFTER: after a failed Firestore call, how long keystore stops
     #: asking and answers from memory or 503, seconds; also the Retry-After header.
     retry_after: int = 5
+    #: KEYSTORE_DEFAULT_EXPIRY: lifetime of new keys made without one, like 90d.
+    default_expiry: timedelta | None = None
+    #: KEYSTORE_USAGE_FLUSH_INTERVAL: seconds between writes of usage counts; 0: off.
+    usage_flush_interval: float = 60.0
+    #: KEYSTORE_IMPORTED_KEYS: accept keys brought in by ``keystore import``.
+    imported_keys: bool = False
+    #: KEYSTORE_ADMIN_DOCS: show the /admin routes in OpenAPI and /docs.
+    admin_docs: bool = True
+    #: KEYSTORE_SYNC: how the keys in memory stay fresh: ttl, reload or listen.
+    sync: SyncMode = "ttl"
+    #: KEYSTORE_RELOAD_INTERVAL: seconds between full loads in the reload mode.
+    reload_interval: float = 60.0
+    #: KEYSTORE_RESYNC_INTERVAL: seconds between full loads in the listen mode,
+    #: in case the listener stopped delivering without saying so.
+    resync_interval: float = 3600.0
+    #: KEYSTORE_WATCHDOG_INTERVAL: seconds between checks that the listener runs.
+    watchdog_interval: float = 10.0
+    #: KEYSTORE_LOAD_TIMEOUT: deadline of one full load of the collection, seconds.
+    load_timeout: float = 60.0
+    #: KEYSTORE_LOG_FORMAT: json (Cloud Logging) or text; json by default on
+    #: Cloud Run, where K_SERVICE is set.
+    log_format: Literal["json", "text"] = "text"
+    #: KEYSTORE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR.
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
-        for name in ("cache_ttl", "timeout"):
+        if self.sync not in SYNC_MODES:
+            raise ConfigError(
+                f"Setting 'sync' is '{self.sync}'; use one of {', '.join(SYNC_MODES)}."
+            )
+        for name in (
+            "cache_ttl",
+            "timeout",
+            "reload_interval",
+            "resync_interval",
+            "watchdog_interval",
+            "load_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Setting '{name}' must be greater than 0.")
         if self.cache_size < 1:
             raise ConfigError("Setting 'cache_size' must be at least 1.")
-        for name in ("retry_after", "stale_if_error"):
+        for name in ("retry_after", "stale_if_error", "usage_flush_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"Setting '{name}' must not be negative.")
 
@@ -84,7 +124,67 @@ class Settings:
             timeout=get("KEYSTORE_TIMEOUT", float, d.timeout),
             stale_if_error=get("KEYSTORE_STALE_IF_ERROR", float, d.stale_if_error),
             retry_after=get("KEYSTORE_RETRY_AFTER", int, d.retry_after),
+            default_expiry=get("KEYSTORE_DEFAULT_EXPIRY", duration, d.default_expiry),
+            usage_flush_interval=get(
+                "KEYSTORE_USAGE_FLUSH_INTERVAL", float, d.usage_flush_interval
+            ),
+            imported_keys=get("KEYSTORE_IMPORTED_KEYS", boolean, d.imported_keys),
+            admin_docs=get("KEYSTORE_ADMIN_DOCS", boolean, d.admin_docs),
+            sync=get("KEYSTORE_SYNC", sync_mode, d.sync),
+            reload_interval=get("KEYSTORE_RELOAD_INTERVAL", float, d.reload_interval),
+            resync_interval=get("KEYSTORE_RESYNC_INTERVAL", float, d.resync_interval),
+            watchdog_interval=get(
+                "KEYSTORE_WATCHDOG_INTERVAL", float, d.watchdog_interval
+            ),
+            load_timeout=get("KEYSTORE_LOAD_TIMEOUT", float, d.load_timeout),
+            log_format=get(
+                "KEYSTORE_LOG_FORMAT",
+                log_format,
+                "json" if env.get("K_SERVICE") else d.log_format,
+            ),
+            log_level=get("KEYSTORE_LOG_LEVEL", log_level, d.log_level),
         )
+
+
+def log_format(text: str) -> Literal["json", "text"]:
+    """``json`` or ``text``."""
+    value = text.lower()
+    if value == "json":
+        return "json"
+    if value == "text":
+        return "text"
+    raise ValueError(text)
+
+
+def log_level(text: str) -> str:
+    """A logging level name."""
+    value = text.upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(text)
+    return value
+
+
+def sync_mode(text: str) -> SyncMode:
+    """One of ``ttl``, ``reload``, ``listen``."""
+    value = text.lower()
+    if value not in SYNC_MODES:
+        raise ValueError(text)
+    return value
+
+
+def duration(text: str) -> timedelta:
+    """A duration like ``90d`` (see :func:`keystore.times.parse_duration`)."""
+    return parse_duration(text)
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` and the usual spellings of both."""
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def load_env_file(path: str | Path = ".env") -> None:

@@ -1,25 +1,22 @@
 """ApiKeyStore: API keys in a Firestore collection, checked from memory.
 
-Every Firestore call has a deadline and its failures become StoreUnavailable here,
-at the boundary. After a failure the store stops asking Firestore for
-``retry_after`` seconds, so an outage costs callers no waiting: known keys are
-served from memory (stale-if-error) and unknown ones get StoreUnavailable at once.
+Checks go through the cache (``cache.py``); management calls go straight to the
+collection (``collection.py``); uses are counted off the request path
+(``usage.py``).
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
 
-from google.api_core import exceptions as google_errors
-from google.api_core.retry import AsyncRetry, if_transient_error
-from google.auth.exceptions import GoogleAuthError
-from google.cloud import firestore
-
-from keystore.cache import KeyCache
+from keystore.background import Background
+from keystore.collection import KeyCollection
 from keystore.errors import (
     ConfigError,
     InvalidRow,
@@ -27,30 +24,36 @@ from keystore.errors import (
     KeyExpired,
     KeyNotFound,
     KeyRejected,
-    StoreUnavailable,
+    MalformedKey,
 )
-from keystore.keys import hash_key, keys_match, new_key, new_key_id, parse_key_id
-from keystore.models import ApiKey, BrokenRow, NewKey, parse_row
+from keystore.keys import (
+    hash_key,
+    imported_key_id,
+    is_importable,
+    keys_match,
+    new_key,
+    new_key_id,
+    parse_key_id,
+)
+from keystore.metrics import Histogram
+from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage, parse_row
 from keystore.settings import Settings
+from keystore.sources import make_source
+from keystore.times import utcnow
+from keystore.usage import UsageCounter
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Errors that mean "Firestore did not answer"; anything else from Google is a bug
-# or a misconfiguration and is reported the same way, so callers see one error.
-_OUTAGE = (google_errors.GoogleAPIError, TimeoutError, OSError)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+#: Fields that ``update`` may change.
+EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at"})
 
 
 class ApiKeyStore:
     """API keys kept as hashed rows in Firestore, with a cache in front.
 
-    A revoked, disabled or edited key takes effect within ``settings.cache_ttl``.
-    Use as ``async with ApiKeyStore(settings) as store:`` or call :meth:`aclose`.
+    A revoked, disabled or edited key takes effect within ``settings.cache_ttl``
+    (at once in the process that made the change). Use as
+    ``async with ApiKeyStore(settings) as store:`` or call :meth:`aclose`.
     """
 
     def __init__(
@@ -58,30 +61,38 @@ class ApiKeyStore:
         settings: Settings,
         *,
         timer: Callable[[], float] = time.monotonic,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
-        #: Firestore documents read and written, by cause ("check", "list", ...).
-        self.reads: Counter[str] = Counter()
-        self.writes: Counter[str] = Counter()
-        self._timer = timer
         self._clock = clock
-        self._cache = KeyCache(
-            ttl=settings.cache_ttl,
-            stale_ttl=settings.stale_if_error,
-            maxsize=settings.cache_size,
-            timer=timer,
-        )
-        self._retry = AsyncRetry(
-            initial=0.05,
-            maximum=0.5,
-            multiplier=2,
-            predicate=if_transient_error,
-            timeout=settings.timeout,
-        )
-        self._client: firestore.AsyncClient | None = None
-        self._opening = asyncio.Lock()
-        self._unavailable_until = float("-inf")
+        self._rows = KeyCollection(settings, timer=timer)
+        #: Where checks find rows: the cache, or every row (see sources.py).
+        self.source = make_source(settings, self._rows, timer)
+        #: Checks by outcome ("valid", "malformed", "unknown", ...) and their time.
+        self.checks: Counter[str] = Counter()
+        self.check_latency = Histogram()
+        self._usage = UsageCounter(self._rows)
+        self._flusher = Background(self._flush_forever)
+
+    @property
+    def reads(self) -> Counter[str]:
+        """Firestore documents read, by cause ("check", "list", "admin", ...)."""
+        return self._rows.reads
+
+    @property
+    def writes(self) -> Counter[str]:
+        """Firestore documents written, by cause."""
+        return self._rows.writes
+
+    @property
+    def is_ready(self) -> bool:
+        """True once checks can be answered (reload, listen: after the first load)."""
+        return self.source.is_ready
+
+    @property
+    def usage_pending(self) -> int:
+        """Key-days of uses counted but not yet written."""
+        return len(self._usage)
 
     async def __aenter__(self) -> "ApiKeyStore":
         await self.open()
@@ -91,32 +102,49 @@ class ApiKeyStore:
         await self.aclose()
 
     async def open(self) -> None:
-        """Create the Firestore client; done lazily by the first call otherwise."""
-        await self._collection()
+        """Connect to Firestore and start the usage flusher (if counting is on)."""
+        await self._rows.open()
+        await self.source.start()
+        if self.settings.usage_flush_interval:
+            self._flusher.start()
 
     async def aclose(self) -> None:
-        """Close the Firestore client; the store can be opened again afterwards."""
-        client, self._client = self._client, None
-        if client is not None:
-            # The async client has no public close; its transport owns the channel.
-            await client._firestore_api.transport.close()
+        """Write pending usage counts, then close the Firestore client."""
+        await self._flusher.stop()
+        await self.source.stop()
+        if len(self._usage):
+            await self.flush_usage()
+        await self._rows.aclose()
 
     # -- checks: the request path ---------------------------------------------
 
     async def verify(self, key: str) -> ApiKey:
         """The key's record, or KeyRejected saying why not; StoreUnavailable if
         Firestore cannot answer for a key not held in memory."""
-        key_id = parse_key_id(key, self.settings.prefix)
-        record = await self._cache.get(key_id, self._load)
-        # The hash is compared before the row's state is told, so that knowing a
-        # key id alone reveals nothing about the key.
-        if record is None or not keys_match(key, record.hash):
-            raise KeyNotFound()
-        if record.disabled:
-            raise KeyDisabled()
-        if record.is_expired(self._clock()):
-            raise KeyExpired()
-        return record
+        # One flat function: this is the hot path, measured in microseconds.
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            key_id = self._key_id(key)
+            record = await self.source.get(key_id)
+            # The hash is compared before the row's state is told, so that
+            # knowing a key id alone reveals nothing about the key.
+            if record is None or not keys_match(key, record.hash):
+                raise KeyNotFound()
+            if record.disabled:
+                raise KeyDisabled()
+            if record.is_expired(self._clock()):
+                raise KeyExpired()
+            if self._flusher.is_running:
+                self._usage.add(key_id)
+            outcome = "valid"
+            return record
+        except KeyRejected as exc:
+            outcome = exc.outcome
+            raise
+        finally:
+            self.checks[outcome] += 1
+            self.check_latency.observe(time.perf_counter() - started)
 
     async def get_api_key(self, key: str) -> ApiKey | None:
         """The key's record if the key is valid now, else None."""
@@ -129,7 +157,15 @@ class ApiKeyStore:
         """True if ``key`` is a valid key now (present, enabled, not expired)."""
         return await self.get_api_key(key) is not None
 
-    # -- management: CLI and admin --------------------------------------------
+    def _key_id(self, key: str) -> str:
+        try:
+            return parse_key_id(key, self.settings.prefix)
+        except MalformedKey:
+            if self.settings.imported_keys and is_importable(key):
+                return imported_key_id(key)
+            raise
+
+    # -- management: CLI and admin API ----------------------------------------
 
     async def create(
         self,
@@ -139,134 +175,208 @@ class ApiKeyStore:
         expires_at: datetime | None = None,
     ) -> NewKey:
         """Make a key, store its hash, and return it; the plaintext is not kept."""
-        collection = await self._collection()
-        key_id = new_key_id()
-        key = new_key(self.settings.prefix, key_id)
-        record = ApiKey(
-            id=key_id,
-            name=name,
-            scopes=tuple(dict.fromkeys(scopes)),
-            expires_at=expires_at,
-            created_at=self._clock(),
-            hash=hash_key(key),
+        made = self._new(name=name, scopes=scopes, expires_at=expires_at)
+        await self._rows.commit(
+            {made.record.id: made.record.to_row()}, {}, cause="admin"
         )
-        document = collection.document(key_id)
-        await self._call(
-            f"create of key {key_id}",
-            lambda: document.create(record.to_row(), retry=self._retry),
-        )
-        self.writes["create"] += 1
-        self._cache.invalidate(key_id)
-        return NewKey(record=record, key=key)
+        self.source.remember(made.record.id, made.record)
+        return made
 
-    async def list_keys(self) -> list[ApiKey | BrokenRow]:
-        """Every row of the collection, readable or not, oldest first."""
-        collection = await self._collection()
+    async def get(self, key_id: str) -> ApiKey | BrokenRow:
+        """One row by key id; KeyNotFound if there is none."""
+        if not key_id or "/" in key_id:
+            raise KeyNotFound(f"No key with id '{key_id}'.")
+        row = await self._rows.get(key_id, cause="admin")
+        if row is None:
+            raise KeyNotFound(f"No key with id '{key_id}'.")
+        return _read(key_id, row)
 
-        async def fetch() -> list[Any]:
-            return [snap async for snap in collection.stream(retry=self._retry)]
-
-        snapshots = await self._call("list of keys", fetch)
-        self.reads["list"] += max(1, len(snapshots))
-        rows: list[ApiKey | BrokenRow] = []
-        for snapshot in snapshots:
-            try:
-                rows.append(parse_row(snapshot.id, snapshot.to_dict() or {}))
-            except InvalidRow as exc:
-                rows.append(
-                    BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
-                )
-        epoch = datetime.min.replace(tzinfo=UTC)
+    async def list_keys(
+        self,
+        *,
+        disabled: bool = False,
+        expired: bool = False,
+        scope: str | None = None,
+    ) -> list[ApiKey | BrokenRow]:
+        """Rows, oldest first; with a filter, only the readable rows that match."""
+        rows = [
+            _read(key_id, row) for key_id, row in await self._rows.all(cause="list")
+        ]
+        now = self._clock()
+        if disabled or expired or scope:
+            rows = [
+                row
+                for row in rows
+                if isinstance(row, ApiKey)
+                and (not disabled or row.disabled)
+                and (not expired or row.is_expired(now))
+                and (not scope or scope in row.scopes)
+            ]
+        epoch = datetime.min.replace(tzinfo=now.tzinfo)
         return sorted(
             rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id)
         )
 
+    async def update(self, key_id: str, **changes: Any) -> ApiKey:
+        """Change ``name``, ``scopes``, ``disabled`` or ``expires_at`` of a key."""
+        unknown = set(changes) - EDITABLE
+        if unknown:
+            raise ValueError(f"Field '{sorted(unknown)[0]}' cannot be changed.")
+        if "scopes" in changes:
+            changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
+        if changes:
+            await self._rows.update(key_id, changes, cause="admin")
+        record = await self.get(key_id)
+        if isinstance(record, BrokenRow):
+            self.source.remember(key_id, None)
+            raise InvalidRow(record.id, record.field, record.problem)
+        self.source.remember(key_id, record)
+        return record
+
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
-        collection = await self._collection()
-        if not key_id or "/" in key_id:
-            raise KeyNotFound(f"No key with id '{key_id}'.")
-        document = collection.document(key_id)
-        try:
-            await self._call(
-                f"revoke of key {key_id}",
-                lambda: document.delete(
-                    option=collection._client.write_option(exists=True),
-                    retry=self._retry,
-                ),
-                expected=(google_errors.NotFound,),
-            )
-        except google_errors.NotFound:
-            raise KeyNotFound(f"No key with id '{key_id}'.") from None
-        self.writes["revoke"] += 1
-        self._cache.invalidate(key_id)
+        await self._rows.delete(key_id, cause="admin")
+        self.source.remember(key_id, None)
 
-    # -- Firestore boundary ---------------------------------------------------
-
-    async def _load(self, key_id: str) -> ApiKey | None:
-        collection = await self._collection()
-        logger.debug("Cache miss for key %s.", key_id)
-        document = collection.document(key_id)
-        snapshot = await self._call(
-            f"read of key {key_id}", lambda: document.get(retry=self._retry)
-        )
-        self.reads["check"] += 1
-        if not snapshot.exists:
-            return None
-        try:
-            return parse_row(key_id, snapshot.to_dict() or {})
-        except InvalidRow as exc:
-            logger.warning("%s The key is refused until the row is fixed.", exc)
-            return None
-
-    async def _collection(self) -> Any:
-        if self._client is None:
-            async with self._opening:
-                if self._client is None:
-                    self._client = await self._new_client()
-        return self._client.collection(self.settings.collection)
-
-    async def _new_client(self) -> firestore.AsyncClient:
-        try:
-            # Finding credentials may read files or ask the metadata server.
-            return await asyncio.to_thread(
-                firestore.AsyncClient,
-                project=self.settings.project,
-                database=self.settings.database,
-            )
-        except GoogleAuthError as exc:
-            raise ConfigError(
-                "No Google credentials: set FIRESTORE_EMULATOR_HOST for the emulator, "
-                "or run 'gcloud auth application-default login'."
-            ) from exc
-
-    async def _call(
+    async def rotate(
         self,
-        what: str,
-        call: Callable[[], Awaitable[T]],
+        key_id: str,
         *,
-        expected: tuple[type[Exception], ...] = (),
-    ) -> T:
-        if self._timer() < self._unavailable_until:
-            raise StoreUnavailable("Firestore is unavailable; retrying shortly.")
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                result = await call()
-        except expected:
-            raise
-        except _OUTAGE as exc:
-            self._unavailable_until = self._timer() + self.settings.retry_after
-            logger.warning(
-                "Firestore failed the %s (%s); answering from memory for %ss.",
-                what,
-                type(exc).__name__,
-                self.settings.retry_after,
+        grace: timedelta,
+        expires_at: datetime | None = None,
+    ) -> NewKey:
+        """A new key with the old one's name and scopes; the old key stays valid
+        for ``grace``, then expires by itself. Both rows are written atomically."""
+        old = await self.get(key_id)
+        if isinstance(old, BrokenRow):
+            raise InvalidRow(old.id, old.field, old.problem)
+        made = self._new(
+            name=old.name, scopes=old.scopes, expires_at=expires_at, rotated_from=old.id
+        )
+        old_until = self._clock() + grace
+        if old.expires_at is not None:
+            old_until = min(old_until, old.expires_at)
+        await self._rows.commit(
+            {made.record.id: made.record.to_row()},
+            {old.id: {"expires_at": old_until, "rotated_to": made.record.id}},
+            cause="admin",
+        )
+        self.source.remember(made.record.id, made.record)
+        self.source.remember(
+            old.id, replace(old, expires_at=old_until, rotated_to=made.record.id)
+        )
+        return made
+
+    async def import_keys(
+        self,
+        keys: Iterable[tuple[str, str]],
+        *,
+        scopes: Iterable[str] = (),
+        expires_at: datetime | None = None,
+    ) -> ImportResult:
+        """Store the hashes of existing plaintext keys, given as (name, key) pairs.
+
+        A key's row id is derived from the key, so importing it again changes
+        nothing. Keys of keystore's own format keep their id.
+        """
+        created: list[str] = []
+        existing: list[str] = []
+        rejected = 0
+        scopes = tuple(scopes)
+        for name, key in keys:
+            try:
+                key_id = parse_key_id(key, self.settings.prefix)
+            except MalformedKey:
+                if not is_importable(key):
+                    rejected += 1
+                    continue
+                key_id = imported_key_id(key)
+            record = self._record(
+                key_id=key_id, key=key, name=name, scopes=scopes, expires_at=expires_at
             )
-            raise StoreUnavailable(f"Firestore did not answer the {what}.") from exc
-        except google_errors.GoogleAPIError as exc:  # pragma: no cover - see _OUTAGE
-            raise StoreUnavailable(f"Firestore refused the {what}.") from exc
-        self._unavailable_until = float("-inf")
-        return result
+            if await self._rows.create(key_id, record.to_row(), cause="admin"):
+                created.append(key_id)
+                self.source.remember(key_id, record)
+            else:
+                existing.append(key_id)
+        return ImportResult(created=created, existing=existing, rejected=rejected)
+
+    async def usage(self, key_id: str, *, days: int = 30) -> Usage:
+        """A key's total uses, last use, and uses per day for the last ``days``."""
+        record = await self.get(key_id)
+        count = record.usage_count if isinstance(record, ApiKey) else 0
+        last = record.last_used_at if isinstance(record, ApiKey) else None
+        return Usage(
+            key_id=key_id,
+            total=count,
+            last_used_at=last,
+            days=await self._rows.usage_days(key_id, days),
+        )
+
+    async def flush_usage(self) -> int:
+        """Write the usage counts gathered so far; return the uses written."""
+        return await self._usage.flush()
+
+    def _new(
+        self,
+        *,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: datetime | None,
+        rotated_from: str | None = None,
+    ) -> NewKey:
+        key_id = new_key_id()
+        key = new_key(self.settings.prefix, key_id)
+        record = self._record(
+            key_id=key_id,
+            key=key,
+            name=name,
+            scopes=scopes,
+            expires_at=expires_at,
+            rotated_from=rotated_from,
+        )
+        return NewKey(record=record, key=key)
+
+    def _record(
+        self,
+        *,
+        key_id: str,
+        key: str,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: datetime | None,
+        rotated_from: str | None = None,
+    ) -> ApiKey:
+        now = self._clock()
+        if expires_at is None and self.settings.default_expiry is not None:
+            expires_at = now + self.settings.default_expiry
+        return ApiKey(
+            id=key_id,
+            name=name,
+            scopes=tuple(dict.fromkeys(scopes)),
+            expires_at=expires_at,
+            created_at=now,
+            hash=hash_key(key),
+            rotated_from=rotated_from,
+        )
+
+    async def _flush_forever(self) -> None:
+        while True:
+            # Wake at the interval, or early when the pending counts are at their bound.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.usage_flush_interval):
+                    await self._usage.full.wait()
+            try:
+                await self.flush_usage()
+            except Exception:  # the flusher must outlive any one bad flush
+                logger.exception("Usage flush failed; the counts are kept.")
+
+
+def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:
+    try:
+        return parse_row(key_id, row)
+    except InvalidRow as exc:
+        return BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
 
 
 _store: ApiKeyStore | None = None

@@ -2,10 +2,13 @@
 
 import os
 import signal
+import socket
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,7 +108,9 @@ def settings(firestore_env: Emulator) -> Settings:
     return Settings(
         project=PROJECT,
         collection=f"keys_{uuid.uuid4().hex[:12]}",
-        timeout=1.0,
+        # Generous: a fresh emulator's first answers are slow; tests about
+        # deadlines set their own.
+        timeout=5.0,
         retry_after=1,
     )
 
@@ -174,3 +179,58 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def make_settings(settings: Settings) -> Callable[..., Settings]:
     """This test's settings with some fields changed."""
     return lambda **changes: replace(settings, **changes)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A server process of the test's; ``output`` is filled once it has stopped."""
+
+    process: subprocess.Popen[str]
+    base: str
+    port: int
+    output: str = ""
+
+
+@contextmanager
+def running_server(
+    cwd: Path, env: dict[str, str], command: list[str] | None = None
+) -> Iterator[Server]:
+    """``uvicorn api.main:app`` (or ``command``, given the port) until SIGTERM."""
+    port = free_port()
+    argv = command or [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--port",
+        "{port}",
+    ]
+    process = subprocess.Popen(
+        [arg.replace("{port}", str(port)) for arg in argv],
+        cwd=cwd,
+        env={**os.environ, "PORT": str(port), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{server.base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, f"{server.base} did not come up"
+                time.sleep(0.1)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        server.output = process.communicate(timeout=30)[0]

@@ -1,5 +1,6 @@
 """The app in api/, over HTTP, against the emulator."""
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -136,4 +137,47 @@ async def test_lifespan_closes_the_store(settings: Settings) -> None:
     async with serve(create_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         store = get_store()
-    assert store._client is None
+    assert store._rows._client is None
+
+
+async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "ready": True,
+        "sync": "ttl",
+        "keys_in_memory": 0,
+        "index_age_seconds": None,
+    }
+    key = await make_key()
+    for headers in ({"x-api-key": key}, {"x-api-key": "bad"}, {}):
+        await client.get("/v1/whoami", headers=headers)
+    r = await client.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    for line in (
+        'keystore_checks_total{outcome="valid"} 1',
+        'keystore_checks_total{outcome="malformed"} 1',
+        'keystore_firestore_reads_total{cause="check"} 1',
+        'keystore_firestore_writes_total{cause="admin"} 1',
+        "keystore_cache_misses_total 1",
+        "keystore_ready 1",
+        "keystore_check_duration_seconds_count 2",
+    ):
+        assert line in text.splitlines(), line
+    assert key not in text
+
+
+async def test_readyz_in_listen_mode(make_settings: Callable[..., Settings]) -> None:
+    try:
+        async with serve(create_app(make_settings(sync="listen"))) as client:
+            async with asyncio.timeout(10):
+                while (r := await client.get("/readyz")).status_code != 200:
+                    assert r.status_code == 503, r.text
+                    await asyncio.sleep(0.05)
+            assert r.json()["sync"] == "listen"
+            assert r.json()["index_age_seconds"] is not None
+            assert "keystore_index_age_seconds " in (await client.get("/metrics")).text
+    finally:
+        await reset_store()

@@ -125,3 +125,22 @@ async def test_invalidate_forces_a_load(timer: Timer) -> None:
     cache.clear()
     await cache.get("k1", load)
     assert load.calls == 3
+
+
+async def test_stale_row_is_served_at_once_while_the_loader_is_failing(
+    timer: Timer,
+) -> None:
+    degraded = [False]
+    cache = KeyCache(
+        ttl=60, stale_ttl=300, maxsize=10, timer=timer, stale_first=lambda: degraded[0]
+    )
+    load = Loader({"k1": RECORD})
+    await cache.get("k1", load)
+    load.gate = asyncio.Event()  # the next load hangs until released
+    degraded[0] = True
+    timer.tick(61)
+    assert await cache.get("k1", load) == RECORD  # did not wait for the load
+    await asyncio.sleep(0)
+    assert load.calls == 2
+    load.gate.set()
+    await asyncio.sleep(0)

@@ -1,10 +1,12 @@
 """The keystore command against the emulator."""
 
+import io
 import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.cloud import firestore
@@ -20,7 +22,7 @@ def cli_env(
     """The CLI reads the environment, as in production; a clean cwd has no .env."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KEYSTORE_COLLECTION", settings.collection)
-    monkeypatch.setenv("KEYSTORE_TIMEOUT", "1")
+    monkeypatch.setenv("KEYSTORE_TIMEOUT", "5")
     return settings
 
 
@@ -44,6 +46,10 @@ def test_create_prints_the_key_once_and_stores_its_hash(
         "expires_at",
         "disabled",
         "created_at",
+        "usage_count",
+        "last_used_at",
+        "rotated_from",
+        "rotated_to",
     }
     assert (made["name"], made["scopes"], made["expires_at"]) == ("ci", ["a"], None)
     client = firestore.Client(project=settings.project)
@@ -121,6 +127,7 @@ def test_unreachable_firestore_is_one_line_not_a_hang(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("KEYSTORE_TIMEOUT", "1")
     code, out, err = run(capsys, "list")
     assert code == 1 and out == ""
     assert err == "keystore: error: Firestore did not answer the list of keys.\n"
@@ -146,3 +153,151 @@ def test_console_script_and_module_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def create(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code, out, err = run(capsys, "create", "--json", *argv)
+    assert code == 0, err
+    made: dict[str, Any] = json.loads(out)
+    return made
+
+
+def test_show_disable_enable_set_scopes(capsys: pytest.CaptureFixture[str]) -> None:
+    made = create(capsys, "--name", "svc", "--scope", "a")
+    key_id = made["id"]
+    code, out, _ = run(capsys, "show", key_id)
+    assert code == 0 and "svc" in out and "active" in out and made["key"] not in out
+
+    code, out, _ = run(capsys, "disable", key_id)
+    assert (code, out) == (0, f"Key {key_id} is disabled.\n")
+    code, out, _ = run(capsys, "list", "--disabled", "--json")
+    assert [row["id"] for row in json.loads(out)] == [key_id]
+    code, out, _ = run(capsys, "enable", key_id)
+    assert (code, out) == (0, f"Key {key_id} is active.\n")
+
+    code, out, _ = run(capsys, "set-scopes", key_id, "b", "c", "b")
+    assert (code, out) == (0, f"Key {key_id} now has scopes: b, c.\n")
+    code, out, _ = run(capsys, "show", key_id, "--json")
+    assert json.loads(out)["scopes"] == ["b", "c"]
+    code, out, _ = run(capsys, "list", "--scope", "c", "--json")
+    assert [row["id"] for row in json.loads(out)] == [key_id]
+    code, out, _ = run(capsys, "list", "--scope", "a", "--json")
+    assert json.loads(out) == []
+
+
+def test_list_filters_expired(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    made = create(capsys, "--name", "old")
+    create(capsys, "--name", "new")
+    client = firestore.Client(project=settings.project)
+    past = datetime.now(UTC) - timedelta(days=1)
+    client.collection(settings.collection).document(made["id"]).update(
+        {"expires_at": past}
+    )
+    code, out, _ = run(capsys, "list", "--expired", "--json")
+    assert [row["id"] for row in json.loads(out)] == [made["id"]]
+    code, out, _ = run(capsys, "list")
+    assert "1 day ago" in out and "expired" in out and "never" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "nope"],
+        ["revoke", "nope"],
+        ["disable", "nope"],
+        ["enable", "nope"],
+        ["rotate", "nope"],
+        ["set-scopes", "nope", "a"],
+        ["usage", "nope"],
+    ],
+)
+def test_unknown_id_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out, err) == (1, "", "keystore: error: No key with id 'nope'.\n")
+
+
+def test_rotate_with_grace(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    old = create(capsys, "--name", "svc", "--scope", "x")
+    code, out, err = run(capsys, "rotate", old["id"], "--grace", "2h")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("Rotated to key ") and lines[2].startswith("ks_")
+    assert lines[3] == f"The old key {old['id']} stops working in 2 hours."
+    code, out, _ = run(capsys, "show", old["id"], "--json")
+    shown = json.loads(out)
+    new_id = shown["rotated_to"]
+    expires = datetime.fromisoformat(shown["expires_at"])
+    assert timedelta(minutes=119) < expires - datetime.now(UTC) <= timedelta(hours=2)
+    code, out, _ = run(capsys, "show", new_id, "--json")
+    assert json.loads(out)["scopes"] == ["x"]
+    assert json.loads(out)["rotated_from"] == old["id"]
+
+
+def test_import_is_idempotent(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = tmp_path / "keys.env"
+    keys.write_text(
+        "# old keys\nexport SERVICE_A=legacy-secret-0123456789\n"
+        "SERVICE_B='another-legacy-key-abcdef'\nSHORT=tooshort\n\n"
+    )
+    code, out, err = run(
+        capsys, "import", str(keys), "--dotenv", "--scope", "r", "--json"
+    )
+    assert code == 0, err
+    first = json.loads(out)
+    assert (len(first["created"]), first["existing"], first["rejected"]) == (2, [], 1)
+    code, out, _ = run(capsys, "import", str(keys), "--dotenv", "--json")
+    again = json.loads(out)
+    assert (again["created"], sorted(again["existing"])) == (
+        [],
+        sorted(first["created"]),
+    )
+    code, out, _ = run(capsys, "list", "--json")
+    rows = json.loads(out)
+    assert sorted(row["name"] for row in rows) == [
+        "imported-SERVICE_A",
+        "imported-SERVICE_B",
+    ]
+    assert all(row["scopes"] == ["r"] for row in rows)
+    assert "legacy-secret" not in out
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("plain-line-key-0123456789\n"))
+    code, out, _ = run(capsys, "import", "--name-prefix", "stdin")
+    assert out.startswith("Imported 1 keys; 0 were there already")
+    assert "KEYSTORE_IMPORTED_KEYS=true" in out
+
+
+def test_hash_prints_what_to_paste(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "hash", "--json")
+    made = json.loads(out)
+    assert (
+        made["hash"] == hash_key(made["key"])
+        and made["key"].split("_")[1] == made["id"]
+    )
+    code, out, _ = run(capsys, "hash", made["key"])
+    assert made["hash"] in out and made["id"] in out and made["key"] not in out
+    code, _, err = run(capsys, "hash", "no good")
+    assert (code, err) == (1, "keystore: error: Malformed API key.\n")
+
+
+def test_usage_shows_totals_and_days(capsys: pytest.CaptureFixture[str]) -> None:
+    made = create(capsys, "--name", "svc")
+    code, out, _ = run(capsys, "usage", made["id"], "--json")
+    assert json.loads(out) == {
+        "id": made["id"],
+        "total": 0,
+        "last_used_at": None,
+        "days": [],
+    }
+    code, out, _ = run(capsys, "usage", made["id"])
+    assert out == f"{made['id']}: 0 uses, last never\n"

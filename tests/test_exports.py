@@ -19,6 +19,7 @@ def test_all_is_sorted_and_complete() -> None:
         "NewKey",
         "Settings",
         "StoreUnavailable",
+        "build_admin_router",
         "get_store",
         "hash_key",
         "key_pattern",

@@ -8,6 +8,7 @@ import pytest
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_store
 from keystore.keys import new_key
+from keystore.sources import TtlSource
 from tests.conftest import Emulator, serve
 
 pytestmark = pytest.mark.anyio
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.anyio
 async def test_outage_serves_known_keys_and_503s_the_rest(
     emulator: Emulator, make_settings: Callable[..., Settings]
 ) -> None:
-    settings = make_settings(cache_ttl=0.2, timeout=1.0, retry_after=1)
+    settings = make_settings(cache_ttl=0.2, timeout=2.0, retry_after=1)
     try:
         async with serve(create_app(settings)) as client:
             made = await get_store().create(name="n")
@@ -69,11 +70,13 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
     emulator: Emulator, make_settings: Callable[..., Settings]
 ) -> None:
     # A server that accepts and never answers: only the deadline ends the wait.
+    async with ApiKeyStore(make_settings()) as store:
+        made = await store.create(name="n")
     settings = make_settings(timeout=0.5, retry_after=30)
     async with ApiKeyStore(settings) as store:
-        made = await store.create(name="n")
         assert await store.does_api_key_exist(made.key)
-        store._cache.clear()  # nothing in memory: the next check must ask Firestore
+        assert isinstance(store.source, TtlSource)
+        store.source.clear()  # nothing in memory: the next check must ask Firestore
         emulator.pause()
         try:
             async with asyncio.timeout(settings.timeout * 4):
@@ -88,8 +91,9 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
 
 
 async def test_store_never_waits_past_its_deadline_when_unreachable(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings = make_settings(timeout=1.0)
     # A port where nothing listens: every call fails; none may hang.
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
     async with ApiKeyStore(settings) as store:
@@ -100,3 +104,32 @@ async def test_store_never_waits_past_its_deadline_when_unreachable(
                 await store.create(name="n")
             with pytest.raises(StoreUnavailable):
                 await store.list_keys()
+
+
+async def test_listener_recovers_after_an_outage(
+    emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(sync="listen", watchdog_interval=0.2, retry_after=1)
+    async with ApiKeyStore(settings) as store:
+        async with asyncio.timeout(10):
+            while not store.is_ready:
+                await asyncio.sleep(0.05)
+        made = await store.create(name="before")
+        emulator.stop()
+        try:
+            # The rows in memory keep answering while Firestore is gone.
+            assert await store.does_api_key_exist(made.key)
+        finally:
+            emulator.start()
+        # The emulator comes back empty: a key made now must reach the listener.
+        async with ApiKeyStore(make_settings()) as writer:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        fresh = await writer.create(name="after")
+                        break
+                    except StoreUnavailable:
+                        await asyncio.sleep(0.5)
+        async with asyncio.timeout(30):
+            while not await store.does_api_key_exist(fresh.key):
+                await asyncio.sleep(0.1)

@@ -1,12 +1,7 @@
 """`uvicorn api.main:app` as a user runs it: a real server process on a real port."""
 
-import os
-import signal
-import socket
-import subprocess
+import json
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,60 +10,28 @@ import pytest
 from fastapi import FastAPI, Security
 
 from keystore import ApiKey, ApiKeyAuth, ApiKeyStore, Settings, get_store, reset_store
-from tests.conftest import serve
+from tests.conftest import ROOT, running_server, serve
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
+@pytest.mark.anyio
+async def test_uvicorn_serves_the_app(settings: Settings, tmp_path: Path) -> None:
     # The header name comes from a .env file, to show the app reads one.
     (tmp_path / ".env").write_text(
         f"KEYSTORE_COLLECTION={settings.collection}\nKEYSTORE_HEADER=x-demo-key\n"
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
-        cwd=tmp_path,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.communicate()[0]
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    # uvicorn re-raises the signal once its graceful shutdown is done.
-    assert process.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete" in output
-
-
-@pytest.mark.anyio
-async def test_uvicorn_serves_the_app(server: str, settings: Settings) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="served")
-    async with httpx.AsyncClient(base_url=server) as http:
-        assert (await http.get("/healthz")).json() == {"status": "ok"}
-        r = await http.get("/v1/whoami", headers={"x-demo-key": made.key})
-        assert r.status_code == 200, r.text
-        assert r.json()["name"] == "served"
-        r = await http.get("/v1/whoami", headers={"x-api-key": made.key})
-        assert r.status_code == 401, r.text
+    with running_server(tmp_path, {}) as server:
+        async with httpx.AsyncClient(base_url=server.base) as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}
+            r = await http.get("/v1/whoami", headers={"x-demo-key": made.key})
+            assert r.status_code == 200, r.text
+            assert r.json()["name"] == "served"
+            r = await http.get("/v1/whoami", headers={"x-api-key": made.key})
+            assert r.status_code == 401, r.text
+    # SIGTERM: a graceful shutdown (uvicorn re-raises the signal once it is done).
+    assert server.process.returncode in (0, -15), server.output
+    assert "Application shutdown complete" in server.output
 
 
 @pytest.mark.anyio
@@ -91,3 +54,17 @@ async def test_optional_key(settings: Settings) -> None:
             assert r.status_code == 401, r.text
     finally:
         await reset_store()
+
+
+def test_the_dockerfile_command_serves(settings: Settings, tmp_path: Path) -> None:
+    """The container's CMD, run as is (no Docker here): it serves on $PORT."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd_line = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
+    command = json.loads(cmd_line.removeprefix("CMD "))
+    env = {
+        "KEYSTORE_COLLECTION": settings.collection,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+    }
+    with running_server(tmp_path, env, command) as server:
+        assert httpx.get(f"{server.base}/readyz").status_code == 200
+    assert "Application shutdown complete" in server.output

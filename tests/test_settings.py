@@ -59,6 +59,29 @@ def test_bad_values_are_one_clear_error(name: str, value: str, message: str) -> 
         Settings.from_env({name: value})
 
 
+def test_log_format_is_json_on_cloud_run() -> None:
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"K_SERVICE": "svc"}).log_format == "json"
+    assert (
+        Settings.from_env({"K_SERVICE": "s", "KEYSTORE_LOG_FORMAT": "text"}).log_format
+        == "text"
+    )
+    with pytest.raises(ConfigError, match="KEYSTORE_LOG_LEVEL"):
+        Settings.from_env({"KEYSTORE_LOG_LEVEL": "loud"})
+
+
+@pytest.mark.parametrize("mode", ["ttl", "reload", "listen", "LISTEN"])
+def test_sync_modes(mode: str) -> None:
+    assert Settings.from_env({"KEYSTORE_SYNC": mode}).sync == mode.lower()
+
+
+def test_unknown_sync_mode() -> None:
+    with pytest.raises(ConfigError, match="KEYSTORE_SYNC"):
+        Settings.from_env({"KEYSTORE_SYNC": "push"})
+    with pytest.raises(ConfigError, match="sync"):
+        Settings(sync="push")  # type: ignore[arg-type]
+
+
 def test_env_file_fills_but_never_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

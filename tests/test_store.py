@@ -65,6 +65,10 @@ async def test_only_the_hash_is_stored(store: ApiKeyStore, settings: Settings) -
         "disabled",
         "expires_at",
         "created_at",
+        "usage_count",
+        "last_used_at",
+        "rotated_from",
+        "rotated_to",
     }
 
 

@@ -1,0 +1,290 @@
+"""The key collection in Firestore: the one place that talks to Firestore.
+
+Every call has a deadline, retries included, and Google's errors become
+StoreUnavailable here. After a failure no call is sent for ``retry_after``
+seconds, so an outage costs callers no waiting. Reads and writes are counted by
+cause, for tests, benchmarks and metrics.
+"""
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as google_errors
+from google.api_core.retry import AsyncRetry, if_transient_error
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import firestore
+
+from keystore.errors import ConfigError, KeyNotFound, StoreUnavailable
+from keystore.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+#: Per-day usage documents live in this subcollection of each key's document.
+USAGE_SUBCOLLECTION = "usage"
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """True if the call failed because Firestore could not be reached at all."""
+    if isinstance(exc, google_errors.RetryError) and exc.cause is not None:
+        exc = exc.cause
+    return isinstance(exc, google_errors.ServiceUnavailable)
+
+
+def _not_found(key_id: str) -> KeyNotFound:
+    return KeyNotFound(f"No key with id '{key_id}'.")
+
+
+class KeyCollection:
+    """Rows of the key collection, by key id."""
+
+    def __init__(
+        self, settings: Settings, *, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self.reads: Counter[str] = Counter()
+        self.writes: Counter[str] = Counter()
+        self._timer = timer
+        self._retry = AsyncRetry(
+            initial=0.05,
+            maximum=0.5,
+            multiplier=2,
+            predicate=if_transient_error,
+            # Retries stop before the deadline, so that a refused connection
+            # surfaces as itself (and renews the client) rather than as a timeout.
+            timeout=settings.timeout * 0.75,
+        )
+        self._client: firestore.AsyncClient | None = None
+        self._opening = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._unavailable_until = float("-inf")
+        #: True from a failed call to the next call that succeeds.
+        self.is_degraded = False
+        self._renewed_at = float("-inf")
+
+    @property
+    def is_unavailable(self) -> bool:
+        """True while keystore waits out a Firestore failure."""
+        return self._timer() < self._unavailable_until
+
+    async def open(self) -> None:
+        """Create the Firestore client (done by the first call otherwise)."""
+        await self._collection()
+
+    async def aclose(self) -> None:
+        """Close the Firestore client; a later call opens a new one."""
+        client, self._client = self._client, None
+        for task in list(self._closing):
+            task.cancel()
+        if client is not None:
+            # The async client has no public close; its transport owns the channel.
+            await client._firestore_api.transport.close()
+
+    async def get(self, key_id: str, *, cause: str) -> Row | None:
+        """One row, or None if there is none: one document read."""
+        document = (await self._collection()).document(key_id)
+        snapshot = await self._call(
+            f"read of key {key_id}", lambda: document.get(retry=self._retry)
+        )
+        self.reads[cause] += 1
+        return snapshot.to_dict() if snapshot.exists else None
+
+    async def all(
+        self, *, cause: str, timeout: float | None = None
+    ) -> list[tuple[str, Row]]:
+        """Every row, as (key id, row) pairs."""
+        collection = await self._collection()
+
+        async def fetch() -> list[Any]:
+            return [snap async for snap in collection.stream(retry=self._retry)]
+
+        snapshots = await self._call("list of keys", fetch, timeout=timeout)
+        # Firestore bills a query that returns nothing as one read.
+        self.reads[cause] += max(1, len(snapshots))
+        return [(snap.id, snap.to_dict() or {}) for snap in snapshots]
+
+    async def create(self, key_id: str, row: Row, *, cause: str) -> bool:
+        """Add a row; False if one with this id exists already."""
+        document = (await self._collection()).document(key_id)
+        try:
+            await self._call(
+                f"create of key {key_id}",
+                lambda: document.create(row, retry=self._retry),
+                expected=(google_errors.Conflict,),
+            )
+        except google_errors.Conflict:
+            return False
+        self.writes[cause] += 1
+        return True
+
+    async def update(self, key_id: str, fields: Row, *, cause: str) -> None:
+        """Change fields of an existing row; KeyNotFound if there is none."""
+        await self.commit({}, {key_id: fields}, cause=cause)
+
+    async def commit(
+        self, creates: Mapping[str, Row], updates: Mapping[str, Row], *, cause: str
+    ) -> None:
+        """Create and update rows atomically: all of them or, on any error, none."""
+        collection = await self._collection()
+        batch = collection._client.batch()
+        for key_id, row in creates.items():
+            batch.create(collection.document(key_id), row)
+        for key_id, fields in updates.items():
+            batch.update(collection.document(key_id), fields)
+        names = ", ".join([*creates, *updates])
+        try:
+            await self._call(
+                f"write of key {names}",
+                lambda: batch.commit(retry=self._retry),
+                expected=(google_errors.NotFound,),
+            )
+        except google_errors.NotFound:
+            raise _not_found(next(iter(updates))) from None
+        self.writes[cause] += len(creates) + len(updates)
+
+    async def delete(self, key_id: str, *, cause: str) -> None:
+        """Delete a row; KeyNotFound if there is none."""
+        collection = await self._collection()
+        if not key_id or "/" in key_id:
+            raise _not_found(key_id)
+        document = collection.document(key_id)
+        try:
+            await self._call(
+                f"delete of key {key_id}",
+                lambda: document.delete(
+                    option=collection._client.write_option(exists=True),
+                    retry=self._retry,
+                ),
+                expected=(google_errors.NotFound,),
+            )
+        except google_errors.NotFound:
+            raise _not_found(key_id) from None
+        self.writes[cause] += 1
+
+    async def add_usage(self, key_id: str, day: str, count: int) -> None:
+        """Add ``count`` uses on ``day`` to a row and its day document, atomically.
+
+        Increments are applied by Firestore, so any number of processes may add
+        at once. KeyNotFound if the row is gone: nothing is written then.
+        """
+        collection = await self._collection()
+        row = collection.document(key_id)
+        batch = collection._client.batch()
+        batch.update(
+            row,
+            {
+                "usage_count": firestore.Increment(count),
+                "last_used_at": firestore.SERVER_TIMESTAMP,
+            },
+        )
+        batch.set(
+            row.collection(USAGE_SUBCOLLECTION).document(day),
+            {"day": day, "count": firestore.Increment(count)},
+            merge=True,
+        )
+        try:
+            await self._call(
+                f"usage write of key {key_id}",
+                lambda: batch.commit(retry=self._retry),
+                expected=(google_errors.NotFound,),
+            )
+        except google_errors.NotFound:
+            raise _not_found(key_id) from None
+        self.writes["usage"] += 2
+
+    async def usage_days(self, key_id: str, days: int) -> list[tuple[str, int]]:
+        """The last ``days`` day documents of a key, newest first: (day, count)."""
+        usage = (
+            (await self._collection()).document(key_id).collection(USAGE_SUBCOLLECTION)
+        )
+        query = usage.order_by("day", direction="DESCENDING").limit(days)
+
+        async def fetch() -> list[Any]:
+            return [snap async for snap in query.stream(retry=self._retry)]
+
+        snapshots = await self._call(f"usage read of key {key_id}", fetch)
+        self.reads["admin"] += max(1, len(snapshots))
+        rows = [snap.to_dict() or {} for snap in snapshots]
+        return [
+            (str(row.get("day", "")), row["count"])
+            for row in rows
+            if type(row.get("count")) is int
+        ]
+
+    async def _collection(self) -> Any:
+        if self._client is None:
+            async with self._opening:
+                if self._client is None:
+                    self._client = await self._new_client()
+        return self._client.collection(self.settings.collection)
+
+    async def _new_client(self) -> firestore.AsyncClient:
+        try:
+            # Finding credentials may read files or ask the metadata server.
+            return await asyncio.to_thread(
+                firestore.AsyncClient,
+                project=self.settings.project,
+                database=self.settings.database,
+            )
+        except GoogleAuthError as exc:
+            raise ConfigError(
+                "No Google credentials: set FIRESTORE_EMULATOR_HOST for the emulator, "
+                "or run 'gcloud auth application-default login'."
+            ) from exc
+
+    async def _call(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        expected: tuple[type[Exception], ...] = (),
+        timeout: float | None = None,
+    ) -> T:
+        if self.is_unavailable:
+            raise StoreUnavailable("Firestore is unavailable; retrying shortly.")
+        try:
+            async with asyncio.timeout(timeout or self.settings.timeout):
+                result = await call()
+        except expected:
+            raise
+        # Anything else from Google or the network means Firestore gave no usable
+        # answer; callers see one error for all of it.
+        except (google_errors.GoogleAPIError, TimeoutError, OSError) as exc:
+            self._unavailable_until = self._timer() + self.settings.retry_after
+            self.is_degraded = True
+            if _is_refused(exc):
+                self._renew_client()
+            logger.warning(
+                "Firestore failed the %s (%s); answering from memory for %ss.",
+                what,
+                type(exc).__name__,
+                self.settings.retry_after,
+            )
+            raise StoreUnavailable(f"Firestore did not answer the {what}.") from exc
+        self._unavailable_until = float("-inf")
+        self.is_degraded = False
+        return result
+
+    def _renew_client(self) -> None:
+        # After a failure gRPC waits longer and longer (up to 2 minutes) before it
+        # reconnects a channel; a new client connects at once, so the store finds
+        # Firestore as soon as it is back. The old one closes once its calls are done.
+        # Calls that fail together renew the client once.
+        if self._timer() - self._renewed_at < self.settings.retry_after:
+            return
+        self._renewed_at = self._timer()
+        client, self._client = self._client, None
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(self._close_later(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, client: firestore.AsyncClient) -> None:
+        await asyncio.sleep(self.settings.timeout)
+        await client._firestore_api.transport.close()

@@ -1,0 +1,121 @@
+"""Where a check finds a key's row: how the rows in memory stay fresh.
+
+Three ways, chosen by ``KEYSTORE_SYNC``:
+
+* ``ttl``: a row is read on first use and trusted for ``cache_ttl`` seconds.
+* ``reload``: the whole collection is loaded at start and every
+  ``reload_interval`` seconds; an id not in the last load is unknown (no read).
+* ``listen``: a Firestore listener keeps the rows current (``listener.py``).
+
+Each gives the store the same answers for the same rows.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from keystore.cache import KeyCache
+from keystore.collection import KeyCollection
+from keystore.index import ReloadSource, read_row
+from keystore.listener import ListenSource
+from keystore.models import ApiKey
+from keystore.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class KeySource(Protocol):
+    """What the store asks for a key's row."""
+
+    @property
+    def hits(self) -> int:
+        """Checks answered from memory."""
+
+    @property
+    def misses(self) -> int:
+        """Checks that read Firestore."""
+
+    @property
+    def is_ready(self) -> bool:
+        """True once checks can be answered."""
+
+    def age(self) -> float | None:
+        """Seconds since the rows in memory were last confirmed whole, if kept whole."""
+
+    def __len__(self) -> int:
+        """Rows held in memory."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def get(self, key_id: str) -> Awaitable[ApiKey | None]:
+        """The row for ``key_id``, or None if there is none (or it is unreadable)."""
+
+    def remember(self, key_id: str, record: ApiKey | None) -> None:
+        """This process changed a row: answer from the change at once."""
+
+
+class TtlSource:
+    """Rows read on first use, cached for ``cache_ttl`` seconds."""
+
+    is_ready = True
+
+    def __init__(
+        self, settings: Settings, rows: KeyCollection, timer: Callable[[], float]
+    ) -> None:
+        self._rows = rows
+        self._cache = KeyCache(
+            ttl=settings.cache_ttl,
+            stale_ttl=settings.stale_if_error,
+            maxsize=settings.cache_size,
+            timer=timer,
+            stale_first=lambda: rows.is_degraded,
+        )
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
+
+    def age(self) -> float | None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def get(self, key_id: str) -> Awaitable[ApiKey | None]:
+        # The cache's own coroutine, not one wrapped around it: one frame less
+        # on every check.
+        return self._cache.get(key_id, self._load)
+
+    def remember(self, key_id: str, record: ApiKey | None) -> None:
+        self._cache.invalidate(key_id)
+
+    def clear(self) -> None:
+        """Forget every row (tests use this to force a read)."""
+        self._cache.clear()
+
+    async def _load(self, key_id: str) -> ApiKey | None:
+        logger.debug("Cache miss for key %s.", key_id)
+        return read_row(key_id, await self._rows.get(key_id, cause="check"))
+
+
+def make_source(
+    settings: Settings, rows: KeyCollection, timer: Callable[[], float]
+) -> KeySource:
+    """Where checks find rows, for ``settings.sync``."""
+    if settings.sync == "reload":
+        return ReloadSource(settings, rows, timer)
+    if settings.sync == "listen":
+        return ListenSource(settings, rows, timer)
+    return TtlSource(settings, rows, timer)

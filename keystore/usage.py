@@ -1,0 +1,78 @@
+"""Usage counts gathered in memory, off the request path, and flushed in batches.
+
+A check adds one to a dict entry; a background task writes the sums to Firestore
+as atomic increments, at most once per key and day per flush interval, and once
+more on shutdown. A crash loses at most one interval of counts; a failed flush
+keeps its counts for the next one.
+"""
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from keystore.collection import KeyCollection
+from keystore.errors import KeyNotFound, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+_DAY_SECONDS = 86_400
+
+
+def day_name(day_number: int) -> str:
+    """Days since the epoch as ``YYYY-MM-DD`` (UTC): the id of a day document."""
+    return datetime.fromtimestamp(day_number * _DAY_SECONDS, UTC).strftime("%Y-%m-%d")
+
+
+class UsageCounter:
+    """Uses per (key id, UTC day), waiting to be written."""
+
+    def __init__(
+        self,
+        collection: KeyCollection,
+        *,
+        max_pending: int = 100_000,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._collection = collection
+        self._pending: Counter[tuple[str, int]] = Counter()
+        self._max_pending = max_pending
+        self._wall_clock = wall_clock
+        self._flushing = asyncio.Lock()
+        # Enough parallel writes to flush thousands of keys in seconds, few enough
+        # not to crowd out the request path's reads.
+        self._slots = asyncio.Semaphore(16)
+        #: Set when the pending counts reach their bound, so the flusher runs early.
+        self.full = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, key_id: str) -> None:
+        """Count one use of ``key_id`` now; no I/O."""
+        self._pending[key_id, int(self._wall_clock()) // _DAY_SECONDS] += 1
+        if len(self._pending) >= self._max_pending:
+            self.full.set()
+
+    async def flush(self) -> int:
+        """Write what is pending; return the number of uses written."""
+        async with self._flushing:
+            batch, self._pending = self._pending, Counter()
+            self.full.clear()
+            results = await asyncio.gather(
+                *(self._write(key_id, day, n) for (key_id, day), n in batch.items())
+            )
+            return sum(results)
+
+    async def _write(self, key_id: str, day: int, count: int) -> int:
+        try:
+            async with self._slots:
+                await self._collection.add_usage(key_id, day_name(day), count)
+        except KeyNotFound:
+            return 0  # revoked since: its uses have no row to go to
+        except StoreUnavailable:
+            self._pending[key_id, day] += count  # kept for the next flush
+            return 0
+        return count

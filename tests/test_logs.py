@@ -1,0 +1,80 @@
+"""Logs: Cloud Logging's JSON shape on Cloud Run, masked keys everywhere."""
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keystore import ApiKeyStore, Settings
+from keystore.keys import new_key
+from keystore.logs import CloudJsonFormatter, MaskKeys, mask_keys, trace_id
+from tests.conftest import running_server
+
+
+def test_mask_keys_keeps_only_the_id() -> None:
+    key = new_key("ks", "AbCdEf012345")
+    assert (
+        mask_keys(f"GET /x?api_key={key} 200")
+        == "GET /x?api_key=ks_AbCdEf012345_*** 200"
+    )
+    assert mask_keys("nothing here") == "nothing here"
+
+
+def test_json_formatter_shape() -> None:
+    record = logging.LogRecord(
+        "keystore.admin", logging.WARNING, "", 0, "hi %s", ("x",), None
+    )
+    record.actor_key_id = "abc"
+    token = trace_id.set("0123abcd")
+    try:
+        line = CloudJsonFormatter(project="p1").format(record)
+    finally:
+        trace_id.reset(token)
+    entry = json.loads(line)
+    assert entry["severity"] == "WARNING" and entry["message"] == "hi x"
+    assert entry["logging.googleapis.com/trace"] == "projects/p1/traces/0123abcd"
+    assert entry["actor_key_id"] == "abc" and entry["logger"] == "keystore.admin"
+
+
+def test_mask_filter_rewrites_the_record() -> None:
+    key = new_key("ks")
+    record = logging.LogRecord("x", logging.INFO, "", 0, "key %s", (key,), None)
+    assert MaskKeys().filter(record)
+    assert key not in record.getMessage() and "***" in record.getMessage()
+
+
+@pytest.mark.anyio
+async def test_cloud_run_server_logs_json_with_trace_and_no_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n")
+    env = {
+        "K_SERVICE": "keystore-demo",  # what Cloud Run sets
+        "KEYSTORE_COLLECTION": settings.collection,
+        "KEYSTORE_QUERY_PARAM": "api_key",
+    }
+    with running_server(tmp_path, env) as server:
+        async with httpx.AsyncClient(base_url=server.base) as http:
+            r = await http.get(
+                "/v1/whoami",
+                params={"api_key": made.key},
+                headers={
+                    "X-Cloud-Trace-Context": "105445aa7843bc8bf206b120001000/1;o=1"
+                },
+            )
+            assert r.status_code == 200, r.text
+    output = server.output
+    lines = [line for line in output.splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all("severity" in e and "message" in e for e in entries)
+    access = [e for e in entries if "/v1/whoami" in e["message"]]
+    assert len(access) == 1
+    assert access[0]["logging.googleapis.com/trace"].endswith(
+        "105445aa7843bc8bf206b120001000"
+    )
+    assert made.key not in output
+    assert f"ks_{made.record.id}_***" in access[0]["message"]
+    assert any(e["message"].startswith("Application startup complete") for e in entries)
