@@ -11,7 +11,7 @@ from fastapi.openapi.models import APIKeyIn
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
-from keystore.errors import KeyRejected, StoreUnavailable
+from keystore.errors import KeyRejected, StoreBusy, StoreUnavailable
 from keystore.models import ApiKey
 from keystore.settings import Settings
 from keystore.store import get_store
@@ -21,12 +21,14 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "APIKey"})
 
 
-def unavailable(retry_after: int) -> HTTPException:
-    """The 503 for a store that cannot answer now."""
+def unavailable(retry_after: int, *, busy: bool = False) -> HTTPException:
+    """The 503 for a store that cannot answer now (or is too busy to)."""
     return HTTPException(
         503,
-        "Key store unavailable; retry later.",
-        headers={"Retry-After": str(retry_after)},
+        "Key store busy; retry shortly."
+        if busy
+        else "Key store unavailable; retry later.",
+        headers={"Retry-After": "1" if busy else str(retry_after)},
     )
 
 
@@ -81,8 +83,9 @@ class ApiKeyAuth(SecurityBase):
             record = await store.verify(key)
         except KeyRejected as exc:
             raise _unauthorized(exc.reason) from None
-        except StoreUnavailable:
-            raise unavailable(store.settings.retry_after) from None
+        except StoreUnavailable as exc:
+            busy = isinstance(exc, StoreBusy)
+            raise unavailable(store.settings.retry_after, busy=busy) from None
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
                 raise HTTPException(403, f"API key lacks the scope '{scope}'.")

@@ -9,6 +9,7 @@
     │   └── KeyExpired      the row's `expires_at` has passed
     ├── InvalidRow          a row edited into a shape keystore cannot read
     └── StoreUnavailable    Firestore did not answer within the deadline (HTTP 503)
+        └── StoreBusy       too many lookups at once; this one was not sent (503)
 
 No message carries key material: keys are named by their id only.
 """
@@ -71,3 +72,7 @@ class InvalidRow(KeyStoreError):
 
 class StoreUnavailable(KeyStoreError):
     """Firestore could not be reached or did not answer in time."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Too many keys not held in memory at once: this one was not looked up."""

@@ -47,6 +47,9 @@ class Settings:
     #: KEYSTORE_RETRY_AFTER: after a failed Firestore call, how long keystore stops
     #: asking and answers from memory or 503, seconds; also the Retry-After header.
     retry_after: int = 5
+    #: KEYSTORE_MAX_LOOKUPS_PER_SECOND: ttl mode: Firestore reads for keys not in
+    #: memory, per second on average (bursts of half as many); 0: no limit.
+    max_lookups_per_second: float = 200.0
     #: KEYSTORE_DEFAULT_EXPIRY: lifetime of new keys made without one, like 90d.
     default_expiry: timedelta | None = None
     #: KEYSTORE_USAGE_FLUSH_INTERVAL: seconds between writes of usage counts; 0: off.
@@ -90,7 +93,12 @@ class Settings:
                 raise ConfigError(f"Setting '{name}' must be greater than 0.")
         if self.cache_size < 1:
             raise ConfigError("Setting 'cache_size' must be at least 1.")
-        for name in ("retry_after", "stale_if_error", "usage_flush_interval"):
+        for name in (
+            "retry_after",
+            "stale_if_error",
+            "usage_flush_interval",
+            "max_lookups_per_second",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"Setting '{name}' must not be negative.")
 
@@ -124,6 +132,9 @@ class Settings:
             timeout=get("KEYSTORE_TIMEOUT", float, d.timeout),
             stale_if_error=get("KEYSTORE_STALE_IF_ERROR", float, d.stale_if_error),
             retry_after=get("KEYSTORE_RETRY_AFTER", int, d.retry_after),
+            max_lookups_per_second=get(
+                "KEYSTORE_MAX_LOOKUPS_PER_SECOND", float, d.max_lookups_per_second
+            ),
             default_expiry=get("KEYSTORE_DEFAULT_EXPIRY", duration, d.default_expiry),
             usage_flush_interval=get(
                 "KEYSTORE_USAGE_FLUSH_INTERVAL", float, d.usage_flush_interval

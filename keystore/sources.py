@@ -11,11 +11,13 @@ Each gives the store the same answers for the same rows.
 """
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from keystore.cache import KeyCache
 from keystore.collection import KeyCollection
+from keystore.errors import StoreBusy
 from keystore.index import ReloadSource, read_row
 from keystore.listener import ListenSource
 from keystore.models import ApiKey
@@ -56,6 +58,35 @@ class KeySource(Protocol):
         """This process changed a row: answer from the change at once."""
 
 
+class ReadBudget:
+    """At most ``rate`` lookups a second on average, ``burst`` at once (a token bucket).
+
+    Each lookup of a key not in memory costs about a millisecond of CPU in the
+    Firestore client; a flood of unknown keys must not take the CPU that the
+    keys in memory need. Lookups over the budget are refused, not queued.
+    """
+
+    def __init__(self, rate: float, timer: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = max(1.0, rate / 2)
+        self._tokens = self._burst
+        self._timer = timer
+        self._updated = timer()
+
+    def take(self) -> bool:
+        if not self._rate:
+            return True
+        now = self._timer()
+        self._tokens = min(
+            self._burst, self._tokens + (now - self._updated) * self._rate
+        )
+        self._updated = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class TtlSource:
     """Rows read on first use, cached for ``cache_ttl`` seconds."""
 
@@ -72,6 +103,8 @@ class TtlSource:
             timer=timer,
             stale_first=lambda: rows.is_degraded,
         )
+        # Real time even where tests pass a fake timer: this limits a real rate.
+        self._budget = ReadBudget(settings.max_lookups_per_second, time.monotonic)
 
     @property
     def hits(self) -> int:
@@ -106,6 +139,9 @@ class TtlSource:
         self._cache.clear()
 
     async def _load(self, key_id: str) -> ApiKey | None:
+        if not self._budget.take():
+            # Not an outage: Firestore is not asked, so nothing trips.
+            raise StoreBusy("Too many keys to look up at once; retry shortly.")
         logger.debug("Cache miss for key %s.", key_id)
         return read_row(key_id, await self._rows.get(key_id, cause="check"))
 

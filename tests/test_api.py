@@ -181,3 +181,23 @@ async def test_readyz_in_listen_mode(make_settings: Callable[..., Settings]) -> 
             assert "keystore_index_age_seconds " in (await client.get("/metrics")).text
     finally:
         await reset_store()
+
+
+async def test_too_many_lookups_at_once_get_a_quick_503_not_an_outage(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(max_lookups_per_second=2)  # a burst of 1
+    try:
+        async with serve(create_app(settings)) as client:
+            key = await make_key()  # made here: the next check reads it
+            r = await client.get("/v1/whoami", headers={"x-api-key": new_key("ks")})
+            assert r.status_code == 401, r.text
+            r = await client.get("/v1/whoami", headers={"x-api-key": new_key("ks")})
+            assert r.status_code == 503, r.text
+            assert r.json() == {"detail": "Key store busy; retry shortly."}
+            assert r.headers["retry-after"] == "1"
+            await asyncio.sleep(0.6)  # the budget refills; nothing tripped meanwhile
+            r = await client.get("/v1/whoami", headers={"x-api-key": key})
+            assert r.status_code == 200, r.text
+    finally:
+        await reset_store()

@@ -144,3 +144,13 @@ async def test_stale_row_is_served_at_once_while_the_loader_is_failing(
     assert load.calls == 2
     load.gate.set()
     await asyncio.sleep(0)
+
+
+def test_read_budget(timer: Timer) -> None:
+    from keystore.sources import ReadBudget
+
+    budget = ReadBudget(10, timer)  # bursts of 5
+    assert [budget.take() for _ in range(6)] == [True] * 5 + [False]
+    timer.tick(0.1)  # one more token
+    assert [budget.take(), budget.take()] == [True, False]
+    assert all(ReadBudget(0, timer).take() for _ in range(1000))  # 0: no limit
