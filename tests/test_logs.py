@@ -2,14 +2,22 @@
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
 
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
-from keystore.logs import CloudJsonFormatter, MaskKeys, mask_keys, trace_id
+from keystore.logs import (
+    CloudJsonFormatter,
+    MaskKeys,
+    configure_logging,
+    mask_keys,
+    trace_id,
+)
 from tests.conftest import running_server
 
 
@@ -78,3 +86,29 @@ async def test_cloud_run_server_logs_json_with_trace_and_no_key(
     assert made.key not in output
     assert f"ks_{made.record.id}_***" in access[0]["message"]
     assert any(e["message"].startswith("Application startup complete") for e in entries)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers, root.level = handlers, level
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_configure_logging_routes_everything_through_one_masked_handler(
+    log_format: Literal["json", "text"], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(Settings(log_format=log_format, log_level="INFO", project="p"))
+    key = new_key("ks")
+    logging.getLogger("uvicorn.error").info("started with %s", key)
+    err = capsys.readouterr().err
+    assert key not in err and "***" in err
+    if log_format == "json":
+        assert json.loads(err)["severity"] == "INFO"
+    else:
+        assert err.startswith("INFO:uvicorn.error: started with ks_")

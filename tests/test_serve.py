@@ -68,3 +68,23 @@ def test_the_dockerfile_command_serves(settings: Settings, tmp_path: Path) -> No
     with running_server(tmp_path, env, command) as server:
         assert httpx.get(f"{server.base}/readyz").status_code == 200
     assert "Application shutdown complete" in server.output
+
+
+def test_app_attribute_is_built_on_first_access(
+    firestore_env: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import logging
+
+    import api.main
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        app = api.main.app
+        assert isinstance(app, FastAPI) and api.main.app is app
+    finally:
+        api.main._app_from_env.cache_clear()
+        root.handlers, root.level = handlers, level
+    with pytest.raises(AttributeError):
+        api.main.nothing  # noqa: B018

@@ -1,4 +1,5 @@
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,33 @@ def test_env_file_fills_but_never_overrides(
     assert os.environ["KEYSTORE_COLLECTION"] == "from_file"
     monkeypatch.delenv("KEYSTORE_COLLECTION")
     monkeypatch.delenv("KEYSTORE_PREFIX")
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"KEYSTORE_LOG_FORMAT": "JSON"}, "log_format", "json"),  # any case
+        ({"KEYSTORE_LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+        ({"KEYSTORE_IMPORTED_KEYS": "yes"}, "imported_keys", True),  # spelled yes
+        ({"KEYSTORE_ADMIN_DOCS": "off"}, "admin_docs", False),  # spelled off
+        ({"KEYSTORE_DEFAULT_EXPIRY": "90d"}, "default_expiry", timedelta(days=90)),
+        ({"KEYSTORE_MAX_LOOKUPS_PER_SECOND": "0"}, "max_lookups_per_second", 0),
+    ],
+)
+def test_more_values(env: dict[str, str], field: str, value: object) -> None:
+    assert getattr(Settings.from_env(env), field) == value
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"KEYSTORE_LOG_FORMAT": "xml"},  # not a format
+        {"KEYSTORE_IMPORTED_KEYS": "maybe"},  # not a boolean
+        {"KEYSTORE_DEFAULT_EXPIRY": "forever"},  # not a duration
+        {"KEYSTORE_RETRY_AFTER": "-1"},  # negative
+        {"KEYSTORE_RELOAD_INTERVAL": "0"},  # zero interval
+    ],
+)
+def test_more_bad_values(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
