@@ -1,10 +1,16 @@
 """emulator.sh: what it says when the emulator or Java is missing, and its lifecycle."""
 
 import os
+import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
+
+from keystore import key_pattern
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +61,35 @@ def test_start_status_stop(tmp_path: Path) -> None:
     status = run("status", **env)
     assert (status.returncode, status.stdout) == (1, "not running\n")
     assert not (tmp_path / "pid").exists()
+
+
+def test_serve_https_runs_the_demo_end_to_end(tmp_path: Path) -> None:
+    """The README's serve command: emulator, demo key printed once, API over TLS."""
+    port = free_port()
+    env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(tmp_path), "PORT": str(port)}
+    env.pop("FIRESTORE_EMULATOR_HOST", None)
+    process = subprocess.Popen(
+        [str(ROOT / "emulator.sh"), "serve", "--https"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        base = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", verify=False, timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+        output = process.communicate(timeout=60)[0]
+    keys = re.findall(key_pattern("ks"), output)
+    assert len(keys) == 1  # printed once
+    assert "Firestore emulator stopped" in output
+    assert (tmp_path / "cert.pem").exists() and not (tmp_path / "pid").exists()
