@@ -13,4 +13,10 @@ HTTP figures come from three uvicorn apps on one CPU with wrk on the other:
   behind ``cachetools.cached`` inside an ``async def`` dependency.
 
 Results also go to benchmarks/results/latest.json (git-ignored).
+
+    .venv/bin/python -m benchmarks.modes     # about 5 minutes: the three sync modes
+
+compares KEYSTORE_SYNC=ttl, reload and listen over 10,000 keys with the sketch and
+the PyPI package fastapi-simple-security (see modes.py); results in
+benchmarks/results/modes.json.
 """

@@ -6,8 +6,10 @@
 One emulator holds 10,000 keys (written 500 to a batch in keystore's row format).
 Three uvicorn apps (``api.main:app`` with KEYSTORE_SYNC=ttl, reload, listen, usage
 counting off) are measured for Firestore reads, stalls and throughput; three more
-of the same, started alongside, take the revocations, so that polling revoked keys
-does not add to the read counts. References, measured in the same run:
+of the same, started alongside on a second collection of 10,000 keys, take the
+revocations, so that neither the polling of revoked keys nor the applying of the
+deletes adds to what the first three are measured for. References, measured in
+the same run:
 
 * sketch (sketch_app.py): a sync Firestore get behind ``cachetools`` in an async
   dependency; its rows are the same keys, in its own collection;
@@ -16,7 +18,8 @@ does not add to the read counts. References, measured in the same run:
 * floor (floor_app.py): a set lookup, the most FastAPI allows.
 
 Phases: in-process figures (warm check, memory per key); apps start (time to
-ready); 62 s of valid-key traffic to count reads while the revocations run;
+ready); 20 rows deleted at once and polled until refused, and once listen has
+seen it, 62 s of valid-key traffic to count reads while ttl and reload catch up;
 unknown keys per app, with a cached-key stream to see stalls; wrk throughput.
 Results also go to benchmarks/results/modes.json (git-ignored).
 """
@@ -83,6 +86,8 @@ class Config:
     unknown_rate: float = 100.0
     unknown_seconds: float = 10.0
     cached_rate: float = 100.0
+    #: How long a valid key is asked for around the listen app's revocation.
+    bystander_seconds: float = 5.0
     #: How long a revoked key is polled before it counts as never refused.
     revoke_deadline: float = 80.0
     #: Polling intervals: fast where the answer comes in about a second.
@@ -113,10 +118,18 @@ class Config:
 # -- fastapi-simple-security's own virtualenv ---------------------------------
 
 
+_PROBE = (
+    "import importlib.util as u, sys; "
+    "sys.exit(not all(u.find_spec(m) for m in ('fastapi_simple_security', 'uvicorn')))"
+)
+
+
 def fss_python(say: Progress) -> tuple[Path | None, str]:
     """The fss virtualenv's python, made on first use; or None and why not."""
     python = FSS_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import fastapi_simple_security, uvicorn"]
+    # find_spec, not import: importing the package creates its SQLite file
+    # (sqlite.db in the working directory unless told otherwise).
+    probe = [str(python), "-c", _PROBE]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python, "installed"
     say(f"installing {FSS_PACKAGE} into {FSS_VENV.relative_to(ROOT)}")
@@ -298,6 +311,7 @@ async def _revocation(
     ids: list[str],
     keys: list[str],
     sketch_keys: list[str],
+    bystander: str,
     collection: str,
     sketch_collection: str,
     listen_done: asyncio.Event,
@@ -316,6 +330,20 @@ async def _revocation(
     docs += [(sketch_collection, document_id(key)) for key in sketch_keys]
     listen_pid = servers["listen"].pid if "listen" in servers else None
     cpu_before = cpu_seconds(listen_pid) if listen_pid else 0.0
+    bystanders: asyncio.Future[Any] | None = None
+    if listen_pid:
+        # A key that stays valid, asked for throughout: how long the listen app
+        # keeps other requests waiting while it applies the change.
+        url = servers["listen"].url + "/v1/whoami"
+        bystanders = asyncio.ensure_future(
+            open_loop(
+                url,
+                [request(url, {HEADER: bystander})],
+                rate=cfg.cached_rate,
+                seconds=cfg.bystander_seconds,
+            )
+        )
+        await asyncio.sleep(0.5)
     with sync_client(PROJECT) as client:
         written = time.monotonic()  # before the commit is sent: the worst reading
         await asyncio.to_thread(seed.delete, client, docs)
@@ -364,11 +392,14 @@ async def _revocation(
         for name in names
     }
     listen_cpu: list[float] = []
+    listen_bystanders: dict[str, Any] = {}
 
     async def listen_cost() -> None:
         if "listen" in waits and listen_pid:
             await asyncio.wait([waits["listen"]])
             listen_cpu.append(cpu_seconds(listen_pid) - cpu_before)
+        if bystanders is not None:
+            listen_bystanders.update((await bystanders).summary())
         listen_done.set()
 
     async def fss_after_listen() -> list[float | None]:
@@ -392,6 +423,7 @@ async def _revocation(
             for name, times in zip(names, found, strict=True)
         },
         "listen_cpu_s": listen_cpu[0] if listen_cpu else None,
+        "listen_bystanders": listen_bystanders,
     }
 
 
@@ -415,6 +447,7 @@ async def _phase_a(
             revoked.ids[: cfg.revoked],
             revoked.keys[: cfg.revoked],
             sketch_keys,
+            revoked.keys[cfg.revoked],
             *collections,
             listen_done,
         )
@@ -687,7 +720,7 @@ def _run(
 
         reads_apps = {m: servers[m] for m in (*MODES, "sketch")}
         with ExitStack() as revoking:
-            say("starting the revocation apps (same modes, same collection)")
+            say("starting the revocation apps (same modes, their own collection)")
             revokers: dict[str, Server] = {}
             for mode in MODES:
                 revokers[mode] = revoking.enter_context(
@@ -851,6 +884,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{results['elapsed_seconds']}s"
     )
     print(f"loader: {m['loader']}; {m['pinning']}")
+    extra = _foreign_load(results)
+    if extra:
+        print(
+            "servers' CPU busy beyond the measured server during wrk runs (others' "
+            f"work): median {extra[len(extra) // 2]:.0f}%, max {extra[-1]:.0f}%"
+        )
     print(
         f"{cfg.keys:,} keys in one emulator; usage counting off; "
         f"fss: {_fss_state(results)}"
@@ -873,6 +912,24 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({**results, "rows": rows}, indent=2, default=str) + "\n")
     print(f"JSON: {out.relative_to(ROOT)}")
     return status
+
+
+def _foreign_load(r: dict[str, Any]) -> list[float]:
+    """Per wrk run, how busy the servers' CPU was beyond the server's own use:
+    other processes on a shared machine, which make the run less trustworthy."""
+    cpu = r["machine"]["server_cpu"]
+    extra = [
+        max(
+            0.0,
+            float(run["cpu"].get(f"cpu{cpu}_busy_pct", 0.0))
+            - float(run["cpu"].get("server_cpu_pct", 0.0)),
+        )
+        for app in r["throughput"].values()
+        for runs in app["runs"].values()
+        for run in runs
+        if run.get("cpu")
+    ]
+    return sorted(extra)
 
 
 def _fss_state(r: dict[str, Any]) -> str:

@@ -94,6 +94,12 @@ def _pct(values: list[float | None], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _bystanders(b: dict[str, Any] | None) -> str:
+    if not b:
+        return "-"
+    return f"{float(b['p99_ms']):.1f} / {float(b['max_ms']):.0f}"
+
+
 def _met(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
@@ -129,6 +135,14 @@ def build(r: dict[str, Any]) -> list[list[str]]:
             lambda v: f"{v:.2f}",
             rivals=(),
             verdict="info: applying the change + answering polls",
+        ),
+        Spec(
+            "  listen: valid-key p99 / max ms meanwhile",
+            {},
+            str,
+            rivals=(),
+            notes={"listen": _bystanders(r["revocation"].get("listen_bystanders"))},
+            verdict="info: the same key while idle is in the stall rows",
         ),
     ]
 
