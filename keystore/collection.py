@@ -257,10 +257,13 @@ class KeyCollection:
         # answer; callers see one error for all of it.
         except (google_errors.GoogleAPIError, TimeoutError, OSError) as exc:
             self._unavailable_until = self._timer() + self.settings.retry_after
+            # One warning per outage, not one per failed call: an outage under
+            # load would otherwise write hundreds of lines a second.
+            log = logger.debug if self.is_degraded else logger.warning
             self.is_degraded = True
             if _is_refused(exc):
                 self._renew_client()
-            logger.warning(
+            log(
                 "Firestore failed the %s (%s); answering from memory for %ss.",
                 what,
                 type(exc).__name__,
@@ -268,7 +271,9 @@ class KeyCollection:
             )
             raise StoreUnavailable(f"Firestore did not answer the {what}.") from exc
         self._unavailable_until = float("-inf")
-        self.is_degraded = False
+        if self.is_degraded:
+            logger.warning("Firestore answers again.")
+            self.is_degraded = False
         return result
 
     def _renew_client(self) -> None:
