@@ -110,7 +110,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def soak(seconds: float, rate: float) -> int:
+async def soak(seconds: float, rate: float, with_outage: bool = True) -> int:
     work = Path(tempfile.mkdtemp(prefix="keystore-soak-"))
     emulator = Emulator(work / "emulator", free_port())
     emulator.state_dir.mkdir()
@@ -256,7 +256,8 @@ async def soak(seconds: float, rate: float) -> int:
                     await asyncio.sleep(1 / rate)
                 await asyncio.gather(*pending)
 
-        await asyncio.gather(load(), faults(), sample_memory())
+        jobs = [load(), sample_memory()] + ([faults()] if with_outage else [])
+        await asyncio.gather(*jobs)
     finally:
         app.send_signal(signal.SIGTERM)
         app.wait(timeout=60)
@@ -328,8 +329,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=75.0)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument(
+        "--no-outage",
+        action="store_true",
+        help="load only: tells the memory used by load from that used by the outage",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(soak(args.seconds, args.rate)))
+    sys.exit(asyncio.run(soak(args.seconds, args.rate, not args.no_outage)))
 
 
 if __name__ == "__main__":
