@@ -29,11 +29,8 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -61,7 +58,7 @@ from benchmarks.procs import (
     serve,
     uvicorn_argv,
 )
-from benchmarks.run import Progress, _interrupt, _machine
+from benchmarks.run import Progress, _machine, guarded
 from benchmarks.sketch_app import document_id, sync_client
 from benchmarks.streams import Connection, open_loop, request, until_status
 from keystore import Settings
@@ -844,35 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
     out = RESULTS / ("modes-quick.json" if args.quick else "modes.json")
-    # Started in the background by a shell, SIGINT is ignored; Ctrl-C and kill -INT
-    # must still reach us so that the clean-up below runs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    say = Progress()
-    work = Path(tempfile.mkdtemp(prefix="keystore-modes-"))
-    children = Children()
-    emulator = Emulator(work / "emulator")
-    status = 0
-    results: dict[str, Any] | None = None
-    try:
-        results = _run(cfg, work, children, emulator, say)
-    except KeyboardInterrupt:
-        print("benchmark interrupted; cleaning up", file=sys.stderr)
-        status = 130
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        # A second Ctrl-C must not cut the clean-up short and leave servers behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        children.close()
-        try:
-            emulator.stop()
-        except (BenchmarkError, OSError) as exc:
-            print(f"could not stop the emulator: {exc}", file=sys.stderr)
-            status = status or 1
-        shutil.rmtree(work, ignore_errors=True)
+    results, status, say = guarded("keystore-modes-", lambda *parts: _run(cfg, *parts))
     if results is None:
         return status or 1
     results["elapsed_seconds"] = round(say.elapsed, 1)

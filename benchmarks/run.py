@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -174,7 +175,11 @@ def _run(
     collection = f"bench_{run_id}"
     sketch_collection = f"bench_{run_id}_sketch"
     os.environ["KEYSTORE_COLLECTION"] = collection
-    settings = Settings(project=PROJECT, collection=collection)
+    # No lookup budget in process: the unknown-key figures measure what one
+    # Firestore read costs, which the budget would cut short.
+    settings = Settings(
+        project=PROJECT, collection=collection, max_lookups_per_second=0
+    )
 
     new = asyncio.run(_make_key(settings))
     key = new.key
@@ -303,26 +308,24 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="short runs, to check the harness only"
-    )
-    args = parser.parse_args(argv)
-    cfg = Config.quick() if args.quick else Config()
-    out = RESULTS / ("quick.json" if args.quick else "latest.json")
+Run = Callable[[Path, Children, Emulator, Progress], dict[str, Any]]
+
+
+def guarded(prefix: str, run: Run) -> tuple[dict[str, Any] | None, int, Progress]:
+    """``run`` with a work folder, child processes and an emulator, all cleaned up
+    whatever happens; returns its results (None on failure) and an exit status."""
     # A shell starts background jobs with SIGINT ignored; Ctrl-C or kill -INT must
     # still reach us, so that the clean-up below runs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     say = Progress()
-    work = Path(tempfile.mkdtemp(prefix="keystore-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children()
     emulator = Emulator(work / "emulator")
     status = 0
     results: dict[str, Any] | None = None
     try:
-        results = _run(cfg, work, children, emulator, say)
+        results = run(work, children, emulator, say)
     except KeyboardInterrupt:
         print("benchmark interrupted; cleaning up", file=sys.stderr)
         status = 130
@@ -340,6 +343,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"could not stop the emulator: {exc}", file=sys.stderr)
             status = status or 1
         shutil.rmtree(work, ignore_errors=True)
+    return results, status, say
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs, to check the harness only"
+    )
+    args = parser.parse_args(argv)
+    cfg = Config.quick() if args.quick else Config()
+    out = RESULTS / ("quick.json" if args.quick else "latest.json")
+    results, status, say = guarded("keystore-bench-", lambda *parts: _run(cfg, *parts))
     if results is None:
         return status or 1
     results["elapsed_seconds"] = round(say.elapsed, 1)
