@@ -1,0 +1,292 @@
+"""A Firestore real-time listener for one query, on the Listen RPC itself.
+
+google-cloud-firestore's ``on_snapshot`` sorts the query's whole result, in
+Python, on every change; and the emulator answers every write with a RESET of
+every listener on the collection followed by its whole result. At 10,000 keys
+one change cost about 2.5 s of CPU that way, and two seconds to arrive. Here
+the stream keeps only the update time of each document, and a snapshot
+decodes and hands over just the documents that changed: 0.4 s of CPU and
+about 0.6 s against the emulator, and the changed documents alone against
+Firestore, which sends only those.
+
+The protocol, as the Listen RPC speaks it: documents arrive as changes,
+deletes and removes, each naming its target (the query); RESET says the
+target's documents will be sent again from scratch; CURRENT says it has been
+sent whole; a NO_CHANGE for no target in particular marks a consistent
+snapshot. An existence filter that disagrees with the documents held means
+some were missed: the stream starts over.
+
+Runs in a thread of its own, with the sync client (a blocking stream), and
+reconnects by itself with a growing pause after any error.
+"""
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.types import (
+    ListenRequest,
+    ListenResponse,
+    StructuredQuery,
+    Target,
+    TargetChange,
+)
+
+logger = logging.getLogger(__name__)
+
+Change = tuple[str, dict[str, Any] | None]
+#: Called in the listener's thread with the documents that changed (None:
+#: gone) and how many reads Firestore bills for them.
+OnSnapshot = Callable[[list[Change], int], None]
+
+#: The stream's one target; any number but 0 would do.
+_TARGET_ID = 1
+
+_FIRST_PAUSE = 0.25  # seconds before the first reconnect; doubles up to _MAX_PAUSE
+_MAX_PAUSE = 10.0
+
+
+def decode_value(value: Any) -> Any:
+    """A Firestore ``Value`` protobuf as Python: what ``to_dict()`` gives, except
+    that references stay path strings and timestamps keep microseconds."""
+    kind = value.WhichOneof("value_type")
+    if kind == "map_value":
+        return decode_fields(value.map_value.fields)
+    if kind == "array_value":
+        return [decode_value(item) for item in value.array_value.values]
+    if kind == "timestamp_value":
+        return value.timestamp_value.ToDatetime(tzinfo=UTC)
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)
+
+
+def decode_fields(fields: Any) -> dict[str, Any]:
+    return {name: decode_value(value) for name, value in fields.items()}
+
+
+@dataclass
+class _Target:
+    """What the stream knows of one query's result."""
+
+    #: Document id -> update time (ns) of every document in the last snapshot.
+    versions: dict[str, int] = field(default_factory=dict)
+    #: Changes since the last snapshot: (update time, row), or None if gone.
+    pending: dict[str, tuple[int, dict[str, Any]] | None] = field(default_factory=dict)
+    #: Ids sent since a RESET (or since the stream started), until the snapshot.
+    resent: set[str] | None = field(default_factory=set)
+    is_current: bool = False
+    #: Reads billed at the next snapshot for the documents of a fresh stream.
+    is_fresh: bool = True
+
+    def restart(self) -> None:
+        """A new stream: the whole result comes again, and is billed again."""
+        self.reset()
+        self.is_fresh = True
+
+    def reset(self) -> None:
+        self.resent = set()
+        self.pending.clear()
+        self.is_current = False
+
+    def put(self, doc_id: str, version: int, document: Any) -> None:
+        if self.resent is not None:
+            self.resent.add(doc_id)
+        if self.versions.get(doc_id) != version:
+            self.pending[doc_id] = (version, decode_fields(document.fields))
+        else:
+            self.pending.pop(doc_id, None)
+
+    def drop(self, doc_id: str) -> None:
+        if self.resent is not None:
+            self.resent.discard(doc_id)
+        self.pending[doc_id] = None
+
+    def size(self) -> int:
+        """How many documents the target holds with the pending changes applied."""
+        held = set(self.versions) if self.resent is None else set(self.resent)
+        for doc_id, entry in self.pending.items():
+            if entry is None:
+                held.discard(doc_id)
+            else:
+                held.add(doc_id)
+        return len(held)
+
+    def snapshot(self) -> tuple[list[Change], int]:
+        """Apply the pending changes: what changed, and the reads it is billed."""
+        if self.resent is not None:
+            for doc_id in self.versions.keys() - self.resent:
+                self.pending.setdefault(doc_id, None)
+            self.resent = None
+        changes: list[Change] = []
+        for doc_id, entry in self.pending.items():
+            if entry is None:
+                if self.versions.pop(doc_id, None) is not None:
+                    changes.append((doc_id, None))
+            else:
+                self.versions[doc_id] = entry[0]
+                changes.append((doc_id, entry[1]))
+        self.pending.clear()
+        if self.is_fresh:
+            self.is_fresh = False
+            # Firestore bills a listener's first result whole, and at least one read.
+            return changes, max(1, len(self.versions))
+        return changes, sum(1 for _, row in changes if row is not None)
+
+
+class _StartOver(Exception):
+    """The stream no longer agrees with Firestore; a new one must be opened."""
+
+
+class ListenStream:
+    """Listens to ``query`` until ``close()``; snapshots go to ``on_snapshot``.
+
+    ``database`` is ``projects/P/databases/D``; the query is over a top-level
+    collection of it.
+    """
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        database: str,
+        query: StructuredQuery,
+        on_snapshot: OnSnapshot,
+    ) -> None:
+        self._client = client
+        self._database = database
+        self._query = query
+        self._on_snapshot = on_snapshot
+        self._target = _Target()
+        self._closed = threading.Event()
+        self._call: Any = None
+        self._thread = threading.Thread(
+            target=self._run, name="keystore-listener", daemon=True
+        )
+        #: Streams opened, the first included.
+        self.streams = 0
+
+    @property
+    def is_active(self) -> bool:
+        """True while the listener runs (connected, or about to reconnect)."""
+        return self._thread.is_alive() and not self._closed.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop listening; returns once the thread has ended."""
+        self._closed.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    # -- in the listener's thread ---------------------------------------------
+
+    def _run(self) -> None:
+        pause = _FIRST_PAUSE
+        failing = False
+        while not self._closed.is_set():
+            try:
+                for _ in self._stream():
+                    # A snapshot came through: the stream works.
+                    pause = _FIRST_PAUSE
+                    if failing:
+                        failing = False
+                        logger.info("The key listener is receiving changes again.")
+            except Exception as exc:
+                if self._closed.is_set():
+                    break
+                if not failing:
+                    failing = True
+                    logger.warning(
+                        "The key listener lost its stream (%s); reconnecting.",
+                        type(exc).__name__,
+                    )
+            self._closed.wait(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _stream(self) -> Iterator[None]:
+        """Open one stream and yield after each snapshot it delivers."""
+        ended = threading.Event()
+        # The SDK's own generated client and call metadata (its routing header,
+        # and the emulator's credentials), as its on_snapshot uses them.
+        client: Any = self._client
+        self._call = client._firestore_api.listen(
+            requests=self._requests(ended),
+            metadata=client._rpc_metadata,
+            timeout=None,
+        )
+        self.streams += 1
+        self._target.restart()
+        try:
+            for response in self._call:
+                if self._handle(ListenResponse.pb(response)):
+                    yield
+        finally:
+            ended.set()
+            self._call.cancel()
+
+    def _requests(self, ended: threading.Event) -> Iterator[ListenRequest]:
+        yield ListenRequest(
+            database=self._database,
+            add_target=Target(
+                target_id=_TARGET_ID,
+                query=Target.QueryTarget(
+                    parent=f"{self._database}/documents",
+                    structured_query=self._query,
+                ),
+            ),
+        )
+        # The request side stays open for as long as the stream runs.
+        ended.wait()
+
+    def _handle(self, response: Any) -> bool:
+        """Take in one response; True if it completed a snapshot."""
+        kind = response.WhichOneof("response_type")
+        target = self._target
+        if kind == "document_change":
+            change = response.document_change
+            document = change.document
+            doc_id = document.name.rpartition("/")[2]
+            if _TARGET_ID in change.target_ids:
+                target.put(doc_id, document.update_time.ToNanoseconds(), document)
+            elif _TARGET_ID in change.removed_target_ids:
+                target.drop(doc_id)
+        elif kind in ("document_delete", "document_remove"):
+            target.drop(getattr(response, kind).document.rpartition("/")[2])
+        elif kind == "filter":
+            if target.size() != response.filter.count:
+                raise _StartOver("An existence filter disagrees with the stream.")
+        elif kind == "target_change":
+            return self._target_change(response.target_change)
+        return False
+
+    def _target_change(self, change: Any) -> bool:
+        kinds = TargetChange.TargetChangeType
+        kind = change.target_change_type
+        if kind == kinds.REMOVE:
+            raise _StartOver(f"Firestore removed the target: {change.cause.message}")
+        if kind == kinds.RESET:
+            self._target.reset()
+        elif kind == kinds.CURRENT:
+            self._target.is_current = True
+        elif kind == kinds.NO_CHANGE and not change.target_ids:
+            # A consistent snapshot, if the target has been sent whole.
+            return self._deliver() if change.HasField("read_time") else False
+        return False
+
+    def _deliver(self) -> bool:
+        target = self._target
+        if not target.is_current:
+            return False
+        fresh = target.is_fresh
+        changes, reads = target.snapshot()
+        if changes or fresh:
+            self._on_snapshot(changes, reads)
+        return True

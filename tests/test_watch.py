@@ -1,0 +1,124 @@
+"""The listener's own Listen stream, against the emulator: what it hands over."""
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from google.cloud import firestore
+
+from keystore import Settings
+from keystore.listener import collection_query
+from keystore.watch import Change, ListenStream
+
+Snapshot = tuple[list[Change], int]
+
+
+class Listening:
+    """A ListenStream on the test's collection, its snapshots in a queue."""
+
+    def __init__(self, client: firestore.Client, collection: str) -> None:
+        self.snapshots: queue.Queue[Snapshot] = queue.Queue()
+        database = f"projects/{client.project}/databases/(default)"
+        self.stream = ListenStream(
+            client,
+            database,
+            collection_query(collection),
+            lambda changes, reads: self.snapshots.put((changes, reads)),
+        )
+
+    def next(self) -> Snapshot:
+        return self.snapshots.get(timeout=10)
+
+    def changes(self) -> tuple[dict[str, dict[str, Any] | None], int]:
+        """The next snapshot, as rows by id, and its reads."""
+        changes, reads = self.next()
+        return dict(changes), reads
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[firestore.Client]:
+    client = firestore.Client(project=settings.project)
+    yield client
+    client.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def listening(client: firestore.Client, settings: Settings) -> Iterator[Listening]:
+    listening = Listening(client, settings.collection)
+    yield listening
+    listening.stream.close()
+
+
+def test_rows_decode_as_the_sdk_reads_them(
+    client: firestore.Client, settings: Settings, listening: Listening
+) -> None:
+    when = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    row = {
+        "text": "név",
+        "count": 7,
+        "ratio": 0.5,
+        "on": True,
+        "nothing": None,
+        "when": when,
+        "list": ["a", 1, {"nested": False}],
+        "map": {"inner": {"deep": "x"}},
+        "blob": b"\x00\x01",
+    }
+    collection = client.collection(settings.collection)
+    collection.document("k1").set(row)
+    listening.stream.start()
+    rows, reads = listening.changes()
+    assert rows == {"k1": collection.document("k1").get().to_dict()}
+    assert rows["k1"] == row
+    assert reads == 1
+
+
+def test_each_snapshot_holds_only_what_changed(
+    client: firestore.Client, settings: Settings, listening: Listening
+) -> None:
+    collection = client.collection(settings.collection)
+    for i in range(5):
+        collection.document(f"k{i}").set({"name": f"n{i}"})
+    listening.stream.start()
+    rows, reads = listening.changes()
+    assert set(rows) == {f"k{i}" for i in range(5)} and reads == 5
+
+    # The emulator sends every document again on each write; only the ones
+    # that changed come through, and only those count as reads.
+    batch = client.batch()
+    batch.update(collection.document("k1"), {"name": "renamed"})
+    batch.delete(collection.document("k2"))
+    batch.set(collection.document("k9"), {"name": "new"})
+    batch.commit()
+    seen: dict[str, dict[str, Any] | None] = {}
+    billed = 0
+    while len(seen) < 3:
+        rows, reads = listening.changes()
+        seen.update(rows)
+        billed += reads
+    assert seen == {"k1": {"name": "renamed"}, "k2": None, "k9": {"name": "new"}}
+    assert billed == 2
+    assert listening.snapshots.empty()
+
+
+def test_an_empty_collection_is_one_snapshot_and_one_read(
+    listening: Listening,
+) -> None:
+    listening.stream.start()
+    assert listening.next() == ([], 1)
+
+
+def test_close_ends_the_stream_and_its_thread(listening: Listening) -> None:
+    listening.stream.start()
+    listening.next()
+    assert listening.stream.is_active
+    before = threading.active_count()
+    started = time.monotonic()
+    listening.stream.close()
+    assert not listening.stream.is_active
+    assert time.monotonic() - started < 5
+    assert threading.active_count() < before
