@@ -12,6 +12,7 @@ snapshot replaces every row) runs every ``resync_interval`` seconds.
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 
 from google.cloud import firestore
@@ -51,6 +52,10 @@ class ListenSource(IndexSource):
         self._is_new = True
         self._task = Background(self._supervise)
         self.restarts = 0
+        # Starting and closing listeners happen in worker threads; a stop must
+        # not race a start still under way, or that listener would outlive it.
+        self._lifecycle = threading.Lock()
+        self._is_stopped = False
 
     async def start(self) -> None:
         self._task.start()
@@ -88,6 +93,11 @@ class ListenSource(IndexSource):
     # -- in a worker thread ---------------------------------------------------
 
     def _listen(self, loop: asyncio.AbstractEventLoop, generation: int) -> None:
+        with self._lifecycle:
+            if not self._is_stopped:
+                self._start_stream(loop, generation)
+
+    def _start_stream(self, loop: asyncio.AbstractEventLoop, generation: int) -> None:
         self._close_stream()
         settings = self._settings
         if self._client is None:
@@ -111,17 +121,19 @@ class ListenSource(IndexSource):
             stream.close()
 
     def _close(self) -> None:
-        self._close_stream()
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()  # type: ignore[no-untyped-call]
+        with self._lifecycle:
+            self._is_stopped = True
+            self._close_stream()
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()  # type: ignore[no-untyped-call]
 
     # -- on the event loop ----------------------------------------------------
 
     def _apply(self, generation: int, changes: list[Change], reads: int) -> None:
+        self._collection.reads["listen"] += reads  # billed, even if now outdated
         if generation != self._generation:
             return  # from a listener already replaced
-        self._collection.reads["listen"] += reads
         if self._is_new:
             # A new listener's first snapshot holds every row: swap them in at once.
             self._is_new = False

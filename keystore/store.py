@@ -133,7 +133,8 @@ class ApiKeyStore:
                 raise KeyNotFound()
             if record.disabled:
                 raise KeyDisabled()
-            if record.is_expired(self._clock()):
+            # Most keys never expire: no clock read for those.
+            if record.expires_at is not None and record.is_expired(self._clock()):
                 raise KeyExpired()
             if self._flusher.is_running:
                 self._usage.add(key_id)

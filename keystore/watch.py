@@ -51,8 +51,9 @@ _MAX_PAUSE = 10.0
 
 
 def decode_value(value: Any) -> Any:
-    """A Firestore ``Value`` protobuf as Python: what ``to_dict()`` gives, except
-    that references stay path strings and timestamps keep microseconds."""
+    """A Firestore ``Value`` protobuf as Python, as ``to_dict()`` gives it for
+    the types a key row holds; references stay path strings, geo points stay
+    protobufs, and timestamps keep microseconds."""
     kind = value.WhichOneof("value_type")
     if kind == "map_value":
         return decode_fields(value.map_value.fields)
@@ -214,23 +215,27 @@ class ListenStream:
     def _stream(self) -> Iterator[None]:
         """Open one stream and yield after each snapshot it delivers."""
         ended = threading.Event()
-        # The SDK's own generated client and call metadata (its routing header,
-        # and the emulator's credentials), as its on_snapshot uses them.
+        # The SDK's own gRPC stub and call metadata (its routing header, and the
+        # emulator's credentials), as its on_snapshot uses them: the bare stub,
+        # because the generated method around it would wait for a first answer
+        # and retry with a request iterator already spent.
         client: Any = self._client
-        self._call = client._firestore_api.listen(
-            requests=self._requests(ended),
-            metadata=client._rpc_metadata,
-            timeout=None,
-        )
-        self.streams += 1
-        self._target.restart()
+        self._call = None
         try:
+            self._call = client._firestore_api._transport.listen(
+                self._requests(ended), metadata=client._rpc_metadata
+            )
+            if self._closed.is_set():  # close() came before the call was set
+                self._call.cancel()
+            self.streams += 1
+            self._target.restart()
             for response in self._call:
                 if self._handle(ListenResponse.pb(response)):
                     yield
         finally:
             ended.set()
-            self._call.cancel()
+            if self._call is not None:
+                self._call.cancel()
 
     def _requests(self, ended: threading.Event) -> Iterator[ListenRequest]:
         yield ListenRequest(
