@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from google.cloud import firestore
+from google.cloud.firestore_v1.types import Document, Value
 
 from keystore import Settings
 from keystore.listener import collection_query
-from keystore.watch import Change, ListenStream
+from keystore.watch import Change, ListenStream, _Target
 
 Snapshot = tuple[list[Change], int]
 
@@ -122,3 +123,25 @@ def test_close_ends_the_stream_and_its_thread(listening: Listening) -> None:
     assert not listening.stream.is_active
     assert time.monotonic() - started < 5
     assert threading.active_count() < before
+
+
+def _document(name: str) -> Any:
+    return Document.pb(Document(fields={"name": Value(string_value=name)}))
+
+
+def test_a_reset_drops_the_rows_not_sent_again() -> None:
+    # The bookkeeping behind a RESET, as the emulator sends one on every write.
+    target = _Target()
+    target.put("a", 1, _document("a"))
+    target.put("b", 1, _document("b"))
+    target.is_current = True
+    assert target.snapshot() == ([("a", {"name": "a"}), ("b", {"name": "b"})], 2)
+    target.reset()
+    target.put("a", 1, _document("a"))  # resent unchanged: not passed on
+    target.put("c", 2, _document("c"))
+    target.drop("c")  # deleted again before the snapshot
+    assert target.size() == 1  # what an existence filter is compared with
+    assert target.snapshot() == ([("b", None)], 0)
+    target.restart()
+    target.put("a", 1, _document("a"))
+    assert target.snapshot() == ([], 1)  # a new stream is billed whole
