@@ -84,10 +84,13 @@ class _Target:
     #: Reads billed at the next snapshot for the documents of a fresh stream.
     is_fresh: bool = True
 
-    def restart(self) -> None:
-        """A new stream: the whole result comes again, and is billed again."""
+    def restart(self, *, resumed: bool) -> None:
+        """A new stream. Resumed, it sends what changed since (or a RESET);
+        otherwise the whole result comes again, and is billed again."""
         self.reset()
-        self.is_fresh = True
+        if resumed:
+            self.resent = None
+        self.is_fresh = not resumed
 
     def reset(self) -> None:
         self.resent = set()
@@ -164,6 +167,9 @@ class ListenStream:
         self._target = _Target()
         self._closed = threading.Event()
         self._call: Any = None
+        #: From the last consistent snapshot: a new stream resumes from there,
+        #: so that a reconnect reads (and is billed for) only what changed.
+        self._resume_token = b""
         self._thread = threading.Thread(
             target=self._run, name="keystore-listener", daemon=True
         )
@@ -193,9 +199,11 @@ class ListenStream:
         pause = _FIRST_PAUSE
         failing = False
         while not self._closed.is_set():
+            delivered = False
             try:
                 for _ in self._stream():
                     # A snapshot came through: the stream works.
+                    delivered = True
                     pause = _FIRST_PAUSE
                     if failing:
                         failing = False
@@ -203,6 +211,9 @@ class ListenStream:
             except Exception as exc:
                 if self._closed.is_set():
                     break
+                if isinstance(exc, _StartOver) or not delivered:
+                    # The token may be what the stream failed on: read afresh.
+                    self._resume_token = b""
                 if not failing:
                     failing = True
                     logger.warning(
@@ -228,7 +239,7 @@ class ListenStream:
             if self._closed.is_set():  # close() came before the call was set
                 self._call.cancel()
             self.streams += 1
-            self._target.restart()
+            self._target.restart(resumed=bool(self._resume_token))
             for response in self._call:
                 if self._handle(ListenResponse.pb(response)):
                     yield
@@ -242,6 +253,7 @@ class ListenStream:
             database=self._database,
             add_target=Target(
                 target_id=_TARGET_ID,
+                resume_token=self._resume_token,
                 query=Target.QueryTarget(
                     parent=f"{self._database}/documents",
                     structured_query=self._query,
@@ -283,15 +295,15 @@ class ListenStream:
             self._target.is_current = True
         elif kind == kinds.NO_CHANGE and not change.target_ids:
             # A consistent snapshot, if the target has been sent whole.
-            return self._deliver() if change.HasField("read_time") else False
+            if not change.HasField("read_time") or not self._target.is_current:
+                return False
+            self._deliver()
+            if change.resume_token:
+                self._resume_token = change.resume_token
+            return True
         return False
 
-    def _deliver(self) -> bool:
-        target = self._target
-        if not target.is_current:
-            return False
-        fresh = target.is_fresh
-        changes, reads = target.snapshot()
-        if changes or fresh:
-            self._on_snapshot(changes, reads)
-        return True
+    def _deliver(self) -> None:
+        # Handed over even when nothing changed: it confirms the rows are current.
+        changes, reads = self._target.snapshot()
+        self._on_snapshot(changes, reads)
