@@ -1,5 +1,6 @@
 """The ASGI app: ``uvicorn api.main:app``; settings from the environment and .env."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -24,6 +25,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await get_store(settings).open()
+        # Everything made so far (modules, the Firestore client) lives as long
+        # as the process: keep it out of the collector's full passes, which
+        # otherwise scan ~90,000 objects and stall the event loop ~60 ms each.
+        gc.freeze()
         try:
             yield
         finally:

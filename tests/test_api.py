@@ -1,6 +1,7 @@
 """The app in api/, over HTTP, against the emulator."""
 
 import asyncio
+import gc
 from collections.abc import Callable
 
 import httpx
@@ -201,3 +202,12 @@ async def test_too_many_lookups_at_once_get_a_quick_503_not_an_outage(
             assert r.status_code == 200, r.text
     finally:
         await reset_store()
+
+
+async def test_startup_keeps_long_lived_objects_out_of_full_collections(
+    settings: Settings,
+) -> None:
+    # A full pass over everything imported stalls the event loop for tens of ms.
+    gc.unfreeze()
+    async with serve(create_app(settings)):
+        assert gc.get_freeze_count() > 10_000
