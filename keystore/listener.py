@@ -4,9 +4,10 @@ The listener (``watch.py``) runs in its own thread with the sync client and
 hands each batch of changes to the event loop with ``call_soon_threadsafe``;
 the rows are only ever changed on the loop.
 
-Listeners are known to stop delivering without an error, so a watchdog restarts
-one that is no longer active, and a full resync (a new listener, whose first
-snapshot replaces every row) runs every ``resync_interval`` seconds.
+Listeners are known to stop delivering without an error: the stream is
+replaced every ten minutes (``watch.py``), a watchdog restarts a listener whose
+thread has ended, and a full resync (a new listener, whose first snapshot
+replaces every row) runs every ``resync_interval`` seconds.
 """
 
 import asyncio
@@ -65,7 +66,7 @@ class ListenSource(IndexSource):
         await asyncio.to_thread(self._close)
 
     async def resync(self) -> None:
-        """Start a new listener now; its first snapshots replace every row."""
+        """Start a new listener now; its first snapshot replaces every row."""
         loop = asyncio.get_running_loop()
         self._generation += 1
         self._is_new = True

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from google.api_core import exceptions as google_errors
 from google.cloud import firestore
 from google.cloud.firestore_v1.types import (
     ListenRequest,
@@ -48,6 +49,10 @@ _TARGET_ID = 1
 
 _FIRST_PAUSE = 0.25  # seconds before the first reconnect; doubles up to _MAX_PAUSE
 _MAX_PAUSE = 10.0
+#: Each stream ends after this many seconds and the next resumes where it
+#: stopped (no reads if nothing changed): a stream that went quiet without an
+#: error, as listeners are known to, is replaced within this time.
+STREAM_SECONDS = 600.0
 
 
 def decode_value(value: Any) -> Any:
@@ -67,6 +72,7 @@ def decode_value(value: Any) -> Any:
 
 
 def decode_fields(fields: Any) -> dict[str, Any]:
+    """A document's ``fields`` (a map of ``Value`` protobufs) as a dict."""
     return {name: decode_value(value) for name, value in fields.items()}
 
 
@@ -159,8 +165,11 @@ class ListenStream:
         database: str,
         query: StructuredQuery,
         on_snapshot: OnSnapshot,
+        *,
+        stream_seconds: float = STREAM_SECONDS,
     ) -> None:
         self._client = client
+        self._stream_seconds = stream_seconds
         self._database = database
         self._query = query
         self._on_snapshot = on_snapshot
@@ -173,8 +182,6 @@ class ListenStream:
         self._thread = threading.Thread(
             target=self._run, name="keystore-listener", daemon=True
         )
-        #: Streams opened, the first included.
-        self.streams = 0
 
     @property
     def is_active(self) -> bool:
@@ -199,11 +206,9 @@ class ListenStream:
         pause = _FIRST_PAUSE
         failing = False
         while not self._closed.is_set():
-            delivered = False
             try:
                 for _ in self._stream():
                     # A snapshot came through: the stream works.
-                    delivered = True
                     pause = _FIRST_PAUSE
                     if failing:
                         failing = False
@@ -211,14 +216,19 @@ class ListenStream:
             except Exception as exc:
                 if self._closed.is_set():
                     break
-                if isinstance(exc, _StartOver) or not delivered:
-                    # The token may be what the stream failed on: read afresh.
+                # gRPC's status as Google's exception classes name it.
+                error = google_errors.from_grpc_error(exc)  # type: ignore[no-untyped-call]
+                if isinstance(error, google_errors.DeadlineExceeded):
+                    continue  # the stream's planned end: resume at once
+                if not isinstance(error, google_errors.ServiceUnavailable):
+                    # Not a lost connection: the resume token may be what the
+                    # stream failed on, so the next one reads every row afresh.
                     self._resume_token = b""
                 if not failing:
                     failing = True
                     logger.warning(
                         "The key listener lost its stream (%s); reconnecting.",
-                        type(exc).__name__,
+                        type(error).__name__ if error.code else type(exc).__name__,
                     )
             self._closed.wait(pause)
             pause = min(pause * 2, _MAX_PAUSE)
@@ -234,11 +244,12 @@ class ListenStream:
         self._call = None
         try:
             self._call = client._firestore_api._transport.listen(
-                self._requests(ended), metadata=client._rpc_metadata
+                self._requests(ended),
+                metadata=client._rpc_metadata,
+                timeout=self._stream_seconds,
             )
             if self._closed.is_set():  # close() came before the call was set
                 self._call.cancel()
-            self.streams += 1
             self._target.restart(resumed=bool(self._resume_token))
             for response in self._call:
                 if self._handle(ListenResponse.pb(response)):

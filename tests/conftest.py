@@ -1,5 +1,6 @@
 """Fixtures: one real Firestore emulator per session, a fresh collection per test."""
 
+import gc
 import os
 import signal
 import socket
@@ -86,6 +87,15 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             "GOOGLE_APPLICATION_CREDENTIALS",
         ):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_gc() -> Iterator[None]:
+    """The app freezes the collector's view at startup; each test starts unfrozen,
+    so that one test's garbage is not kept alive for the rest of the run."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

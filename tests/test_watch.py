@@ -1,5 +1,6 @@
 """The listener's own Listen stream, against the emulator: what it hands over."""
 
+import logging
 import queue
 import threading
 import time
@@ -21,14 +22,17 @@ Snapshot = tuple[list[Change], int]
 class Listening:
     """A ListenStream on the test's collection, its snapshots in a queue."""
 
-    def __init__(self, client: firestore.Client, collection: str) -> None:
+    def __init__(
+        self, client: firestore.Client, settings: Settings, **options: float
+    ) -> None:
         self.snapshots: queue.Queue[Snapshot] = queue.Queue()
-        database = f"projects/{client.project}/databases/(default)"
+        database = f"projects/{client.project}/databases/{settings.database}"
         self.stream = ListenStream(
             client,
             database,
-            collection_query(collection),
+            collection_query(settings.collection),
             lambda changes, reads: self.snapshots.put((changes, reads)),
+            **options,
         )
 
     def next(self) -> Snapshot:
@@ -49,7 +53,7 @@ def client(settings: Settings) -> Iterator[firestore.Client]:
 
 @pytest.fixture
 def listening(client: firestore.Client, settings: Settings) -> Iterator[Listening]:
-    listening = Listening(client, settings.collection)
+    listening = Listening(client, settings)
     yield listening
     listening.stream.close()
 
@@ -106,6 +110,31 @@ def test_each_snapshot_holds_only_what_changed(
     # Any later snapshot only confirms that nothing else changed.
     while not listening.snapshots.empty():
         assert listening.next() == ([], 0)
+
+
+def test_a_stream_past_its_lifetime_is_resumed_without_a_word(
+    client: firestore.Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    collection = client.collection(settings.collection)
+    collection.document("k1").set({"name": "one"})
+    listening = Listening(client, settings, stream_seconds=1.0)
+    listening.stream.start()
+    try:
+        assert listening.changes() == ({"k1": {"name": "one"}}, 1)
+        time.sleep(2.5)  # two planned ends; each next stream resumes
+        collection.document("k2").set({"name": "two"})
+        rows: dict[str, dict[str, Any] | None] = {}
+        billed = 0
+        while "k2" not in rows:
+            changes, reads = listening.changes()
+            rows.update(changes)
+            billed += reads
+        # Only the new row: the resumed streams read nothing again.
+        assert rows == {"k2": {"name": "two"}} and billed == 1
+        assert listening.stream.is_active
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        listening.stream.close()
 
 
 def test_an_empty_collection_is_one_snapshot_and_one_read(
