@@ -184,7 +184,7 @@ def _latency_rows(level: str, ks: dict[str, Any], sk: dict[str, Any]) -> list[Ro
     failed = _bad([ks["idle"], ks["misses"], sk["idle"], sk["misses"]])
     verdict = _verdict(ks_ratio <= P99_RATIO_TARGET, f"sketch {sk_ratio:.2f}")
     if not steady:
-        lost = 1 - rps(ks, "misses") / rps(ks, "idle")
+        lost = 1 - rps(ks, "misses") / max(rps(ks, "idle"), 1.0)
         verdict = f"info: saturated; the misses took {lost:.0%} of its req/s"
     if failed:
         verdict = f"INVALID: {failed} cached-key requests failed"

@@ -22,8 +22,9 @@ from google.cloud.firestore_v1.types import StructuredQuery
 from keystore.background import Background
 from keystore.collection import KeyCollection
 from keystore.index import IndexSource
+from keystore.result import Change
 from keystore.settings import Settings
-from keystore.watch import Change, ListenStream
+from keystore.watch import ListenStream
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from google.cloud.firestore_v1.types import Document, Value
 
 from keystore import Settings
 from keystore.listener import collection_query
-from keystore.watch import Change, ListenStream, _Target
+from keystore.result import Change, ListenedResult
+from keystore.watch import ListenStream
 
 Snapshot = tuple[list[Change], int]
 
@@ -162,7 +163,7 @@ def _document(name: str) -> Any:
 
 def test_a_reset_drops_the_rows_not_sent_again() -> None:
     # The bookkeeping behind a RESET, as the emulator sends one on every write.
-    target = _Target()
+    target = ListenedResult()
     target.put("a", 1, _document("a"))
     target.put("b", 1, _document("b"))
     target.is_current = True
