@@ -160,7 +160,7 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def _latency_rows(level: str, ks: dict[str, Any], sk: dict[str, Any]) -> list[Row]:
-    conns = level.removeprefix("c").replace("-pause", " pause ")
+    conns = level.removeprefix("c").replace("-pause", " pause ").split("-")[0]
     rate = float(ks["stream"]["offered_rps"])
     # Saturated (no pause), the p99 also grows by the CPU the misses take, stall
     # or no stall; the target is for the steady load below capacity.
@@ -205,21 +205,21 @@ def _latency_rows(level: str, ks: dict[str, Any], sk: dict[str, Any]) -> list[Ro
             "info",
         ),
         Row(
-            f"  p99 during misses / idle, c={conns}",
+            f"  p99 during misses / idle, c={conns}, {rate:g}/s",
             f"{ks_ratio:.2f}",
             f"{sk_ratio:.2f} sketch",
             f"<= {P99_RATIO_TARGET}" if steady else "",
             verdict,
         ),
         Row(
-            f"  req/s whoami c={conns}: idle -> misses",
+            f"  req/s whoami c={conns}, {rate:g}/s: idle -> misses",
             f"{rps(ks, 'idle'):,.0f} -> {rps(ks, 'misses'):,.0f}",
             f"{rps(sk, 'idle'):,.0f} -> {rps(sk, 'misses'):,.0f} sketch",
             "",
             "info",
         ),
         Row(
-            f"  unknown keys answered, c={conns}",
+            f"  unknown keys answered, c={conns}, {rate:g}/s",
             stream(ks),
             stream(sk),
             f"offered {rate:g}/s",
