@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as google_errors
+from google.api_core import grpc_helpers_async
 from google.api_core.retry import AsyncRetry, if_transient_error
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import firestore
+from google.cloud.firestore_v1.types import Document, GetDocumentRequest
 
 from keystore.errors import ConfigError, KeyNotFound, StoreUnavailable
 from keystore.settings import Settings
+from keystore.values import decode_fields
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class KeyCollection:
             timeout=settings.timeout * 0.75,
         )
         self._client: firestore.AsyncClient | None = None
+        self._reader: tuple[object, Callable[[str], Awaitable[Any]]] | None = None
         self._opening = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._unavailable_until = float("-inf")
@@ -88,12 +92,11 @@ class KeyCollection:
 
     async def get(self, key_id: str, *, cause: str) -> Row | None:
         """One row, or None if there is none: one document read."""
-        document = (await self._collection()).document(key_id)
-        snapshot = await self._call(
-            f"read of key {key_id}", lambda: document.get(retry=self._retry)
-        )
+        await self._collection()
+        read = self._retry(self._document_reader())
+        document = await self._call(f"read of key {key_id}", lambda: read(key_id))
         self.reads[cause] += 1
-        return snapshot.to_dict() if snapshot.exists else None
+        return None if document is None else decode_fields(document.fields)
 
     async def all(
         self, *, cause: str, timeout: float | None = None
@@ -223,6 +226,37 @@ class KeyCollection:
                 if self._client is None:
                     self._client = await self._new_client()
         return self._client.collection(self.settings.collection)
+
+    def _document_reader(self) -> Callable[[str], Awaitable[Any]]:
+        """GetDocument on the client's own channel, past the SDK's layers
+        (streaming BatchGet, snapshot objects): a third less CPU per read, and
+        each key not in memory in ttl mode costs one. None if there is no row."""
+        client: Any = self._client
+        if self._reader is not None and self._reader[0] is client:
+            return self._reader[1]
+        stub = grpc_helpers_async.wrap_errors(  # type: ignore[no-untyped-call]
+            client._firestore_api.transport.grpc_channel.unary_unary(
+                "/google.firestore.v1.Firestore/GetDocument",
+                request_serializer=GetDocumentRequest.serialize,
+                response_deserializer=Document.pb().FromString,
+            )
+        )
+        metadata = client._rpc_metadata  # routing header; emulator credentials
+        rows = (
+            f"projects/{client.project}/databases/{self.settings.database}"
+            f"/documents/{self.settings.collection}"
+        )
+        timeout = self.settings.timeout
+
+        async def read(key_id: str) -> Any:
+            request = GetDocumentRequest(name=f"{rows}/{key_id}")
+            try:
+                return await stub(request, metadata=metadata, timeout=timeout)
+            except google_errors.NotFound:
+                return None
+
+        self._reader = (client, read)
+        return read
 
     async def _new_client(self) -> firestore.AsyncClient:
         try:

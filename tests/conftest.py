@@ -17,9 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from google.cloud.firestore_v1.services.firestore.async_client import (
-    FirestoreAsyncClient,
-)
+from grpc.aio import _channel as grpc_channels  # type: ignore[import-untyped]
 
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, reset_store
@@ -151,20 +149,33 @@ async def store(settings: Settings, timer: Timer) -> AsyncIterator[ApiKeyStore]:
 
 @pytest.fixture
 def document_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Count the document-read RPCs the Firestore client really sends.
+    """Count the document-read RPCs really sent to Firestore.
 
-    A pass-through spy on the client library's own RPC method: every call still
-    goes to the emulator; only the count is added.
+    A pass-through spy at the gRPC layer, under every client library: each call
+    still goes to the emulator; GetDocument and BatchGetDocuments calls are
+    counted, however the store makes them.
     """
-    calls: list[Any] = []
-    original = FirestoreAsyncClient.batch_get_documents
+    calls: list[bytes] = []
+    for kind in (
+        grpc_channels.UnaryUnaryMultiCallable,
+        grpc_channels.UnaryStreamMultiCallable,
+    ):
 
-    def counted(self: FirestoreAsyncClient, *args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs.get("request"))
-        return original(self, *args, **kwargs)
+        def counted(
+            self: Any, *args: Any, _original: Any = kind.__call__, **kw: Any
+        ) -> Any:
+            if self._method in _READ_METHODS:
+                calls.append(self._method)
+            return _original(self, *args, **kw)
 
-    monkeypatch.setattr(FirestoreAsyncClient, "batch_get_documents", counted)
+        monkeypatch.setattr(kind, "__call__", counted)
     return lambda: len(calls)
+
+
+_READ_METHODS = {
+    b"/google.firestore.v1.Firestore/GetDocument",
+    b"/google.firestore.v1.Firestore/BatchGetDocuments",
+}
 
 
 @asynccontextmanager
