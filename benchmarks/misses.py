@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.models import HEADER
 from benchmarks.rawload import read_response
+from benchmarks.stats import percentile
 from keystore.keys import new_key
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -96,12 +97,6 @@ async def run(
         writer.close()
     answered = sum(n for status, n in statuses.items() if status.isdigit())
     ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        if not ordered:
-            return 0.0
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
     report: dict[str, object] = {
         "offered_rps": rate,
         "sent": len(keys) - skipped,
@@ -110,8 +105,8 @@ async def run(
         "unanswered": len(keys) - skipped - sum(statuses.values()),
         "answered_rps": answered / sending if sending else 0.0,
         "statuses": dict(statuses),
-        "p50_ms": pct(50) * 1e3,
-        "p99_ms": pct(99) * 1e3,
+        "p50_ms": percentile(ordered, 50) * 1e3,
+        "p99_ms": percentile(ordered, 99) * 1e3,
     }
     return report
 

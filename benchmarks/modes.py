@@ -58,7 +58,7 @@ from benchmarks.procs import (
     serve,
     uvicorn_argv,
 )
-from benchmarks.run import Progress, _machine, guarded
+from benchmarks.run import Progress, guarded, machine
 from benchmarks.sketch_app import document_id, sync_client
 from benchmarks.streams import Connection, open_loop, request, until_status
 from keystore import Settings
@@ -604,7 +604,7 @@ def _run(
     cpus = Cpus.plan()
     loader = Loader(children, cpus, work)
     results: dict[str, Any] = {
-        "machine": _machine(cpus, loader),
+        "machine": machine(cpus, loader),
         "config": asdict(cfg),
     }
     python, fss_state = fss_python(say)
@@ -614,10 +614,7 @@ def _run(
         say(f"fastapi-simple-security unavailable: {fss_state}")
 
     say("starting the Firestore emulator")
-    host = emulator.start()
-    emulator.pin(cpus.load)
-    os.environ["FIRESTORE_EMULATOR_HOST"] = host
-    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+    host = emulator.start_for(PROJECT, cpus.load)
     run_id = uuid.uuid4().hex[:10]
     collection = f"modes_{run_id}"
     sketch_collection = f"modes_{run_id}_sketch"

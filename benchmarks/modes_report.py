@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.stats import percentile
+
 MODES = ("ttl", "reload", "listen")
 REFS = ("sketch", "fss", "floor")
 COLUMNS = (*MODES, *REFS)
@@ -90,8 +92,7 @@ def _int(v: float) -> str:
 def _pct(values: list[float | None], q: float) -> float | None:
     if not values:
         return None
-    ordered = sorted(math.inf if v is None else v for v in values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return percentile(sorted(math.inf if v is None else v for v in values), q * 100)
 
 
 def _bystanders(b: dict[str, Any] | None) -> str:

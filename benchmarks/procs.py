@@ -217,6 +217,14 @@ class Emulator:
     def stop(self) -> None:
         self._run("stop")
 
+    def start_for(self, project: str, cpu: int | None) -> str:
+        """Start, pin to ``cpu``, and point this process's Firestore clients at it."""
+        host = self.start()
+        self.pin(cpu)
+        os.environ["FIRESTORE_EMULATOR_HOST"] = host
+        os.environ["GOOGLE_CLOUD_PROJECT"] = project
+        return host
+
     def pin(self, cpu: int | None) -> int:
         """Pin the emulator's processes (its script and the JVM); how many."""
         if cpu is None:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from benchmarks.stats import percentile
+
 
 @dataclass
 class Tally:
@@ -60,13 +62,6 @@ async def _connection(
         writer.close()
 
 
-def _percentile(ordered: list[float], pct: float) -> float:
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))
-    return ordered[index]
-
-
 async def run(
     url: str, seconds: float, connections: int, pause_ms: float, headers: list[str]
 ) -> str:
@@ -92,9 +87,9 @@ async def run(
     report = {
         "requests": len(ordered),
         "duration_us": elapsed * us,
-        "p50_us": _percentile(ordered, 50) * us,
-        "p90_us": _percentile(ordered, 90) * us,
-        "p99_us": _percentile(ordered, 99) * us,
+        "p50_us": percentile(ordered, 50) * us,
+        "p90_us": percentile(ordered, 90) * us,
+        "p99_us": percentile(ordered, 99) * us,
         "max_us": (ordered[-1] if ordered else 0.0) * us,
         "status_errors": tally.status_errors,
         "socket_errors": tally.socket_errors,

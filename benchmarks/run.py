@@ -125,7 +125,8 @@ def _check_key(url: str, key: str, name: str) -> None:
         raise BenchmarkError(f"{name} refused the benchmark key: {response.text}")
 
 
-def _machine(cpus: Cpus, loader: Loader) -> dict[str, Any]:
+def machine(cpus: Cpus, loader: Loader) -> dict[str, Any]:
+    """What a run was measured on, for its JSON."""
     return {
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
@@ -168,15 +169,12 @@ def _run(
     cpus = Cpus.plan()
     loader = Loader(children, cpus, work)
     results: dict[str, Any] = {
-        "machine": _machine(cpus, loader),
+        "machine": machine(cpus, loader),
         "config": asdict(cfg),
     }
 
     say("starting the Firestore emulator")
-    host = emulator.start()
-    emulator.pin(cpus.load)
-    os.environ["FIRESTORE_EMULATOR_HOST"] = host
-    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+    host = emulator.start_for(PROJECT, cpus.load)
     run_id = uuid.uuid4().hex[:10]
     collection = f"bench_{run_id}"
     sketch_collection = f"bench_{run_id}_sketch"

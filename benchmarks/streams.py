@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.rawload import read_response
+from benchmarks.stats import percentile
 
 
 def request(url: str, headers: dict[str, str] | None = None) -> bytes:
@@ -87,19 +88,13 @@ class StreamResult:
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies)
-
-        def pct(p: float) -> float:
-            if not ordered:
-                return 0.0
-            return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
         return {
             "requests": len(ordered),
             "seconds": self.seconds,
             "statuses": dict(self.statuses),
             "skipped": self.skipped,
-            "p50_ms": pct(50) * 1e3,
-            "p99_ms": pct(99) * 1e3,
+            "p50_ms": percentile(ordered, 50) * 1e3,
+            "p99_ms": percentile(ordered, 99) * 1e3,
             "max_ms": (ordered[-1] if ordered else 0.0) * 1e3,
         }
 
