@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cachetools import TTLCache
+from cachetools import FIFOCache, TTLCache
 
 from keystore.errors import StoreUnavailable
 from keystore.models import ApiKey
@@ -45,7 +45,12 @@ class KeyCache:
         self._ttl = ttl
         self._timer = timer
         self._stale_first = stale_first
-        self._known: TTLCache[str, _Entry] = TTLCache(maxsize, ttl + stale_ttl, timer)
+        self._stale_ttl = stale_ttl
+        # Rows kept in fetch order, the oldest evicted first when full. Each
+        # entry carries its own fetch time, which decides fresh, stale or gone:
+        # a TTLCache here would check the time a second time, in Python, on
+        # every check (about 0.4 µs of a 1.5 µs check).
+        self._known: FIFOCache[str, _Entry] = FIFOCache(maxsize)
         self._unknown: TTLCache[str, bool] = TTLCache(maxsize, ttl, timer)
         self._inflight: dict[str, asyncio.Future[ApiKey | None]] = {}
         #: Checks answered from memory, and checks that had to ask the loader.
@@ -55,17 +60,29 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._known)
 
-    async def get(self, key_id: str, load: Loader) -> ApiKey | None:
-        """The row for ``key_id``, from memory when fresh, else from ``load``."""
-        # Indexing, not .get(): TTLCache.get costs several times more, and this
-        # runs on every check.
+    def peek(self, key_id: str) -> ApiKey | None:
+        """The row for ``key_id`` if memory holds it fresh; None otherwise (no I/O)."""
+        # Indexing, not .get(): .get costs twice as much, and this runs on
+        # every check.
         try:
-            entry: _Entry | None = self._known[key_id]
+            entry = self._known[key_id]
         except KeyError:
-            entry = None
-        if entry is not None and self._timer() - entry.fetched_at < self._ttl:
+            return None
+        if self._timer() - entry.fetched_at < self._ttl:
             self.hits += 1
             return entry.record
+        return None
+
+    async def get(self, key_id: str, load: Loader) -> ApiKey | None:
+        """The row for ``key_id``, from memory when fresh, else from ``load``."""
+        record = self.peek(key_id)
+        if record is not None:
+            return record
+        entry = self._known.get(key_id)
+        if entry is not None and self._timer() - entry.fetched_at >= (
+            self._ttl + self._stale_ttl
+        ):
+            entry = None  # too old even to stand in for a failing read
         if entry is None and key_id in self._unknown:
             self.hits += 1
             return None

@@ -54,6 +54,17 @@ class IndexSource:
     def __len__(self) -> int:
         return len(self._rows or ())
 
+    def peek(self, key_id: str) -> ApiKey | None:
+        rows, synced_at = self._rows, self._synced_at
+        if rows is None or synced_at is None:
+            return None
+        if self._timer() - synced_at > self._max_age:
+            return None
+        record = rows.get(key_id)
+        if record is not None:
+            self.hits += 1
+        return record
+
     async def get(self, key_id: str) -> ApiKey | None:
         if self._rows is None:
             raise StoreUnavailable("The keys are not loaded yet.")

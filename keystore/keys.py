@@ -11,11 +11,12 @@ A key reads ``<prefix>_<id>_<secret><checksum>``, for example
 """
 
 import hashlib
-import hmac
 import re
 import secrets
 import zlib
 from functools import lru_cache
+from hashlib import sha256
+from hmac import compare_digest
 
 from keystore.errors import ConfigError, MalformedKey
 
@@ -79,6 +80,17 @@ def new_key(prefix: str, key_id: str | None = None) -> str:
     return body + checksum(body)
 
 
+def id_position(prefix: str) -> tuple[int, slice]:
+    """The length of this prefix's keys, and where in them the id sits.
+
+    A first look that costs next to nothing; it proves nothing about the key.
+    """
+    start = len(prefix) + 1
+    return start + ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH, slice(
+        start, start + ID_LENGTH
+    )
+
+
 def parse_key_id(key: str, prefix: str) -> str:
     """Return the key's id, or raise MalformedKey if ``key`` is not of the format.
 
@@ -99,7 +111,8 @@ def hash_key(key: str) -> str:
 
 def keys_match(key: str, stored_hash: str) -> bool:
     """Compare a presented key with a stored hash in constant time."""
-    return hmac.compare_digest(hash_key(key), stored_hash)
+    # hash_key written out: this runs on every check.
+    return compare_digest(sha256(key.encode()).hexdigest(), stored_hash)
 
 
 _IMPORTABLE = re.compile(r"[\x21-\x7e]{16,256}")

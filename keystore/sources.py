@@ -51,6 +51,10 @@ class KeySource(Protocol):
 
     async def stop(self) -> None: ...
 
+    def peek(self, key_id: str) -> ApiKey | None:
+        """The row for ``key_id`` if memory holds it and it can be trusted now;
+        None when only ``get`` can tell. No I/O: the check's fast path."""
+
     def get(self, key_id: str) -> Awaitable[ApiKey | None]:
         """The row for ``key_id``, or None if there is none (or it is unreadable)."""
 
@@ -125,6 +129,9 @@ class TtlSource:
 
     async def stop(self) -> None:
         pass
+
+    def peek(self, key_id: str) -> ApiKey | None:
+        return self._cache.peek(key_id)
 
     def get(self, key_id: str) -> Awaitable[ApiKey | None]:
         # The cache's own coroutine, not one wrapped around it: one frame less

@@ -116,6 +116,23 @@ async def test_unknown_ids_do_not_evict_known_rows(timer: Timer) -> None:
     assert load.calls == calls
 
 
+async def test_known_rows_are_bounded_oldest_fetch_first(timer: Timer) -> None:
+    rows = {f"k{i}": ApiKey(id=f"k{i}", name="n") for i in range(4)}
+    cache, load = make(timer, maxsize=3), Loader(rows)
+    for key_id in ("k0", "k1", "k2"):
+        await cache.get(key_id, load)
+    cache.invalidate("k0")
+    await cache.get("k0", load)  # fetched again: now the newest
+    await cache.get("k3", load)  # full: k1, the oldest fetch, goes
+    assert len(cache) == 3
+    assert [cache.peek(f"k{i}") is not None for i in range(4)] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
 async def test_invalidate_forces_a_load(timer: Timer) -> None:
     cache, load = make(timer), Loader({"k1": RECORD})
     await cache.get("k1", load)

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,6 +81,42 @@ async def test_unknown_and_wrong_keys(store: ApiKeyStore) -> None:
     with pytest.raises(KeyNotFound):
         await store.verify(new_key("ks"))
     assert not await store.does_api_key_exist(new_key("ks"))
+
+
+async def test_held_key_checks_count_one_hit_each(store: ApiKeyStore) -> None:
+    made = await store.create(name="n")
+    await store.verify(made.key)  # now held in memory
+    hits = store.source.hits
+    await store.verify(made.key)
+    with pytest.raises(KeyNotFound):
+        await store.verify(new_key("ks", made.record.id))  # held id, wrong secret
+    assert store.source.hits == hits + 2
+
+
+async def test_typo_in_a_held_key_is_malformed(
+    store: ApiKeyStore, document_reads: Callable[[], int]
+) -> None:
+    made = await store.create(name="n")
+    await store.verify(made.key)
+    reads = document_reads()
+    last = made.key[-1]
+    typo = made.key[:-1] + ("A" if last != "A" else "B")
+    with pytest.raises(MalformedKey):
+        await store.verify(typo)
+    assert document_reads() == reads
+
+
+async def test_key_of_another_prefix_is_malformed_even_when_its_row_is_held(
+    settings: Settings,
+) -> None:
+    # Same length, same id position, the row's hash is of this very key: only
+    # the prefix tells it apart, on the fast path as on the slow one.
+    async with ApiKeyStore(replace(settings, prefix="zz")) as other:
+        made = await other.create(name="n")
+    async with ApiKeyStore(settings) as store:
+        await store.source.get(made.record.id)  # the row held in memory
+        with pytest.raises(MalformedKey):
+            await store.verify(made.key)
 
 
 @pytest.mark.parametrize(
