@@ -18,7 +18,13 @@ from google.api_core import grpc_helpers_async
 from google.api_core.retry import AsyncRetry, if_transient_error
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import firestore
-from google.cloud.firestore_v1.types import Document, GetDocumentRequest
+from google.cloud.firestore_v1.types import (
+    Document,
+    GetDocumentRequest,
+    RunQueryRequest,
+    RunQueryResponse,
+    StructuredQuery,
+)
 
 from keystore.errors import ConfigError, KeyNotFound, StoreUnavailable
 from keystore.settings import Settings
@@ -64,7 +70,7 @@ class KeyCollection:
             timeout=settings.timeout * 0.75,
         )
         self._client: firestore.AsyncClient | None = None
-        self._reader: tuple[object, Callable[[str], Awaitable[Any]]] | None = None
+        self._direct_calls: _Direct | None = None
         self._opening = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._unavailable_until = float("-inf")
@@ -93,7 +99,7 @@ class KeyCollection:
     async def get(self, key_id: str, *, cause: str) -> Row | None:
         """One row, or None if there is none: one document read."""
         await self._collection()
-        read = self._retry(self._document_reader())
+        read = self._retry(self._direct().read)
         document = await self._call(f"read of key {key_id}", lambda: read(key_id))
         self.reads[cause] += 1
         return None if document is None else decode_fields(document.fields)
@@ -102,15 +108,15 @@ class KeyCollection:
         self, *, cause: str, timeout: float | None = None
     ) -> list[tuple[str, Row]]:
         """Every row, as (key id, row) pairs."""
-        collection = await self._collection()
-
-        async def fetch() -> list[Any]:
-            return [snap async for snap in collection.stream(retry=self._retry)]
-
-        snapshots = await self._call("list of keys", fetch, timeout=timeout)
+        await self._collection()
+        scan = self._retry(self._direct().scan)
+        documents = await self._call("list of keys", scan, timeout=timeout)
         # Firestore bills a query that returns nothing as one read.
-        self.reads[cause] += max(1, len(snapshots))
-        return [(snap.id, snap.to_dict() or {}) for snap in snapshots]
+        self.reads[cause] += max(1, len(documents))
+        return [
+            (document.name.rpartition("/")[2], decode_fields(document.fields))
+            for document in documents
+        ]
 
     async def create(self, key_id: str, row: Row, *, cause: str) -> bool:
         """Add a row; False if one with this id exists already."""
@@ -227,36 +233,11 @@ class KeyCollection:
                     self._client = await self._new_client()
         return self._client.collection(self.settings.collection)
 
-    def _document_reader(self) -> Callable[[str], Awaitable[Any]]:
-        """GetDocument on the client's own channel, past the SDK's layers
-        (streaming BatchGet, snapshot objects): a third less CPU per read, and
-        each key not in memory in ttl mode costs one. None if there is no row."""
+    def _direct(self) -> "_Direct":
         client: Any = self._client
-        if self._reader is not None and self._reader[0] is client:
-            return self._reader[1]
-        stub = grpc_helpers_async.wrap_errors(  # type: ignore[no-untyped-call]
-            client._firestore_api.transport.grpc_channel.unary_unary(
-                "/google.firestore.v1.Firestore/GetDocument",
-                request_serializer=GetDocumentRequest.serialize,
-                response_deserializer=Document.pb().FromString,
-            )
-        )
-        metadata = client._rpc_metadata  # routing header; emulator credentials
-        rows = (
-            f"projects/{client.project}/databases/{self.settings.database}"
-            f"/documents/{self.settings.collection}"
-        )
-        timeout = self.settings.timeout
-
-        async def read(key_id: str) -> Any:
-            request = GetDocumentRequest(name=f"{rows}/{key_id}")
-            try:
-                return await stub(request, metadata=metadata, timeout=timeout)
-            except google_errors.NotFound:
-                return None
-
-        self._reader = (client, read)
-        return read
+        if self._direct_calls is None or self._direct_calls.client is not client:
+            self._direct_calls = _Direct(client, self.settings)
+        return self._direct_calls
 
     async def _new_client(self) -> firestore.AsyncClient:
         try:
@@ -327,3 +308,56 @@ class KeyCollection:
     async def _close_later(self, client: firestore.AsyncClient) -> None:
         await asyncio.sleep(self.settings.timeout)
         await client._firestore_api.transport.close()
+
+
+class _Direct:
+    """Reads on the client's own gRPC channel, past the SDK's layers.
+
+    The SDK's document get is a streaming BatchGet and its query stream builds a
+    snapshot object per row; a plain GetDocument costs a third less CPU, a plain
+    RunQuery less than half (a check in ttl mode, a whole load in reload). The
+    rows decode in ``values.py``. Errors are mapped as the SDK maps them.
+    """
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        channel = client._firestore_api.transport.grpc_channel
+        self._get = grpc_helpers_async.wrap_errors(  # type: ignore[no-untyped-call]
+            channel.unary_unary(
+                "/google.firestore.v1.Firestore/GetDocument",
+                request_serializer=GetDocumentRequest.serialize,
+                response_deserializer=Document.pb().FromString,
+            )
+        )
+        self._query = grpc_helpers_async.wrap_errors(  # type: ignore[no-untyped-call]
+            channel.unary_stream(
+                "/google.firestore.v1.Firestore/RunQuery",
+                request_serializer=RunQueryRequest.serialize,
+                response_deserializer=RunQueryResponse.pb().FromString,
+            )
+        )
+        self._metadata = client._rpc_metadata  # routing header; emulator credentials
+        self._parent = (
+            f"projects/{client.project}/databases/{settings.database}/documents"
+        )
+        self._collection = settings.collection
+        self._timeout = settings.timeout
+
+    async def read(self, key_id: str) -> Any:
+        """The row's document; None if there is no row."""
+        request = GetDocumentRequest(name=f"{self._parent}/{self._collection}/{key_id}")
+        try:
+            return await self._get(
+                request, metadata=self._metadata, timeout=self._timeout
+            )
+        except google_errors.NotFound:
+            return None
+
+    async def scan(self) -> list[Any]:
+        """Every document of the collection (the caller bounds the time)."""
+        selector = StructuredQuery.CollectionSelector(collection_id=self._collection)
+        request = RunQueryRequest(
+            parent=self._parent, structured_query=StructuredQuery(from_=[selector])
+        )
+        call = await self._query(request, metadata=self._metadata)
+        return [answer.document async for answer in call if answer.HasField("document")]
