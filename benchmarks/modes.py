@@ -35,14 +35,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks import modes_inproc, seed
-from benchmarks.inproc import per_check_us
 from benchmarks.load import Loader
 from benchmarks.models import HEADER
 from benchmarks.modes_report import MODES, build, format_table
@@ -59,7 +58,7 @@ from benchmarks.procs import (
     uvicorn_argv,
 )
 from benchmarks.run import Progress, guarded, machine
-from benchmarks.sketch_app import document_id, sync_client
+from benchmarks.sketch_app import Sketch, document_id, sync_client
 from benchmarks.streams import Connection, open_loop, request, until_status
 from keystore import Settings
 
@@ -578,24 +577,21 @@ def _in_process(
     # On the servers' CPU, alone, as a server would run these checks.
     if cpus.server is not None:
         os.sched_setaffinity(0, {cpus.server})
+    base = replace(settings, usage_flush_interval=0)
     try:
-        keystore = asyncio.run(
-            modes_inproc.keystore_figures(
-                settings, seeded.keys[0], memory_keys, cfg.checks
+        with sync_client(PROJECT) as client:
+            sketch = Sketch(client, sketch_collection)
+            us = asyncio.run(
+                modes_inproc.warm_checks_us(base, sketch, seeded.keys[0], cfg.checks)
             )
-        )
-        sketch = modes_inproc.sketch_figures(
-            PROJECT, sketch_collection, memory_keys, cfg.checks
-        )
-        floor_keys = {seeded.keys[0]}
-
-        async def floor(k: str) -> bool:
-            return k in floor_keys
-
-        floor_us = asyncio.run(per_check_us(floor, seeded.keys[0], cfg.checks, 3))
+            sketch_figures = modes_inproc.sketch_bytes_per_key(sketch, memory_keys)
+        keystore = asyncio.run(modes_inproc.keystore_bytes_per_key(base, memory_keys))
     finally:
         os.sched_setaffinity(0, everywhere)
-    return {"keystore": keystore, "sketch": sketch, "floor_us": floor_us}
+    for mode in MODES:
+        keystore[mode]["us_verify"] = us[mode]
+    sketch_figures["us_check"] = us["sketch"]
+    return {"keystore": keystore, "sketch": sketch_figures, "floor_us": us["floor"]}
 
 
 def _run(

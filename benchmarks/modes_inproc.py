@@ -14,9 +14,9 @@ from dataclasses import replace
 from typing import Any
 
 from benchmarks.inproc import per_check_us
-from benchmarks.sketch_app import Sketch, sync_client
+from benchmarks.modes_report import MODES
+from benchmarks.sketch_app import Sketch
 from keystore import ApiKeyStore, Settings
-from keystore.settings import SyncMode
 
 
 async def _ready(store: ApiKeyStore, timeout: float = 120.0) -> None:
@@ -32,12 +32,39 @@ def _traced() -> int:
     return tracemalloc.get_traced_memory()[0]
 
 
-async def warm_check_us(settings: Settings, key: str, checks: int) -> float:
-    """µs per ``await store.verify(key)`` once the store is ready and the key warm."""
-    async with ApiKeyStore(settings) as store:
-        await _ready(store)
-        await store.verify(key)
-        return await per_check_us(store.verify, key, checks, repeats=3)
+async def warm_checks_us(
+    base: Settings, sketch: Sketch, key: str, checks: int
+) -> dict[str, float]:
+    """µs per warm check of ``key`` in each mode, the sketch and the floor, in turns."""
+    stores = {mode: ApiKeyStore(replace(base, sync=mode)) for mode in MODES}
+    try:
+        for store in stores.values():
+            await store.open()
+            await _ready(store)
+            await store.verify(key)
+        sketch.lookup(key)
+        floor_keys = {key}
+
+        async def sketch_check(k: str) -> object:
+            # Awaited like keystore's verify, so both pay one coroutine.
+            return sketch.lookup(k)
+
+        async def floor(k: str) -> bool:
+            return k in floor_keys
+
+        return await per_check_us(
+            {
+                **{mode: store.verify for mode, store in stores.items()},
+                "sketch": sketch_check,
+                "floor": floor,
+            },
+            key,
+            checks,
+            rounds=7,
+        )
+    finally:
+        for store in stores.values():
+            await store.aclose()
 
 
 async def index_bytes_per_key(settings: Settings) -> dict[str, Any]:
@@ -78,42 +105,31 @@ async def ttl_bytes_per_key(settings: Settings, keys: list[str]) -> dict[str, An
     return {"bytes_per_key": (after - before) / max(1, cached), "rows": cached}
 
 
-def sketch_figures(
-    project: str, collection: str, keys: list[str], checks: int
-) -> dict[str, Any]:
-    """The sketch's warm lookup cost and its cache's memory per cached key."""
-    with sync_client(project) as client:
-        sketch = Sketch(client, collection)
-        for key in keys[:20]:
+def sketch_bytes_per_key(sketch: Sketch, keys: list[str]) -> dict[str, Any]:
+    """The sketch's cache: memory per cached key."""
+    for key in keys[:20]:
+        sketch.lookup(key)
+    tracemalloc.start()
+    try:
+        before = _traced()
+        for key in keys[20:]:
             sketch.lookup(key)
-        tracemalloc.start()
-        try:
-            before = _traced()
-            for key in keys[20:]:
-                sketch.lookup(key)
-            after = _traced()
-        finally:
-            tracemalloc.stop()
-        cached = len(sketch.cache) - 20
-
-        async def check(key: str) -> object:
-            # Awaited like keystore's verify, so both pay one coroutine.
-            return sketch.lookup(key)
-
-        us = asyncio.run(per_check_us(check, keys[0], checks, repeats=3))
-    return {"bytes_per_key": (after - before) / max(1, cached), "us_check": us}
+        after = _traced()
+    finally:
+        tracemalloc.stop()
+    cached = len(sketch.cache) - 20
+    return {"bytes_per_key": (after - before) / max(1, cached)}
 
 
-async def keystore_figures(
-    base: Settings, key: str, keys: list[str], checks: int
+async def keystore_bytes_per_key(
+    base: Settings, keys: list[str]
 ) -> dict[str, dict[str, Any]]:
+    """Memory per key held, in each mode."""
     out: dict[str, dict[str, Any]] = {}
-    modes: tuple[SyncMode, ...] = ("ttl", "reload", "listen")
-    for mode in modes:
+    for mode in MODES:
         settings = replace(base, sync=mode, usage_flush_interval=0)
-        out[mode] = {"us_verify": await warm_check_us(settings, key, checks)}
         if mode == "ttl":
-            out[mode] |= await ttl_bytes_per_key(settings, keys)
+            out[mode] = await ttl_bytes_per_key(settings, keys)
         else:
-            out[mode] |= await index_bytes_per_key(settings)
+            out[mode] = await index_bytes_per_key(settings)
     return out

@@ -9,11 +9,12 @@ Each mode's cell ends in a mark against the references that compete on the row
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from benchmarks.stats import percentile
+from keystore.settings import SyncMode
 
-MODES = ("ttl", "reload", "listen")
+MODES = get_args(SyncMode)  # ttl, reload, listen
 REFS = ("sketch", "fss", "floor")
 COLUMNS = (*MODES, *REFS)
 LISTEN_REVOKE_MAX_S = 2.0

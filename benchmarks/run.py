@@ -66,7 +66,7 @@ class Config:
     light_miss_rate: float = 50.0
     herd: int = 200
     malformed: int = 10_000
-    checks: int = 200_000
+    checks: int = 50_000
 
     @classmethod
     def quick(cls) -> "Config":
