@@ -100,9 +100,14 @@ class KeyCache:
             return entry.record
 
     def invalidate(self, key_id: str) -> None:
-        """Forget ``key_id`` so the next check asks the loader."""
+        """Forget ``key_id`` so the next check asks the loader.
+
+        A load under way may have read the row before the change that calls
+        for this: its answer goes to those waiting for it, but is not kept.
+        """
         self._known.pop(key_id, None)
         self._unknown.pop(key_id, None)
+        self._inflight.pop(key_id, None)
 
     def clear(self) -> None:
         """Forget everything."""
@@ -120,12 +125,15 @@ class KeyCache:
         return future
 
     def _settle(self, key_id: str, done: "asyncio.Future[ApiKey | None]") -> None:
-        self._inflight.pop(key_id, None)
+        if self._inflight.get(key_id) is done:
+            del self._inflight[key_id]
         if not done.cancelled():
             done.exception()  # retrieved, so asyncio does not log it as lost
 
     async def _fetch(self, key_id: str, load: Loader) -> ApiKey | None:
         record = await load(key_id)
+        if self._inflight.get(key_id) is not asyncio.current_task():
+            return record  # invalidated meanwhile: maybe read before the change
         if record is None:
             self._known.pop(key_id, None)
             self._unknown[key_id] = True

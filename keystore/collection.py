@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.api_core import exceptions as google_errors
 from google.api_core import grpc_helpers_async
@@ -48,6 +48,18 @@ def _is_refused(exc: BaseException) -> bool:
 
 def _not_found(key_id: str) -> KeyNotFound:
     return KeyNotFound(f"No key with id '{key_id}'.")
+
+
+def _nanos(timestamp: Any) -> int:
+    """A time Firestore returned (as the SDK gives it), in ns since the epoch."""
+    return int(timestamp.timestamp_pb().ToNanoseconds())
+
+
+class Listing(NamedTuple):
+    """Every row, as (key id, row) pairs, as they stood at ``read_time`` (ns)."""
+
+    rows: list[tuple[str, Row]]
+    read_time: int
 
 
 class KeyCollection:
@@ -104,41 +116,43 @@ class KeyCollection:
         self.reads[cause] += 1
         return None if document is None else decode_fields(document.fields)
 
-    async def all(
-        self, *, cause: str, timeout: float | None = None
-    ) -> list[tuple[str, Row]]:
-        """Every row, as (key id, row) pairs."""
+    async def all(self, *, cause: str, timeout: float | None = None) -> Listing:
+        """Every row, and the time the rows are as of."""
         await self._collection()
         scan = self._retry(self._direct().scan)
-        documents = await self._call("list of keys", scan, timeout=timeout)
+        documents, read_time = await self._call("list of keys", scan, timeout=timeout)
         # Firestore bills a query that returns nothing as one read.
         self.reads[cause] += max(1, len(documents))
-        return [
+        rows = [
             (document.name.rpartition("/")[2], decode_fields(document.fields))
             for document in documents
         ]
+        return Listing(rows, read_time)
 
-    async def create(self, key_id: str, row: Row, *, cause: str) -> bool:
-        """Add a row; False if one with this id exists already."""
+    # Writes return their commit time (ns): a view of the rows read at or after
+    # it holds the write (index.py keeps this process's writes until then).
+
+    async def create(self, key_id: str, row: Row, *, cause: str) -> int | None:
+        """Add a row; None if one with this id exists already."""
         document = (await self._collection()).document(key_id)
         try:
-            await self._call(
+            written = await self._call(
                 f"create of key {key_id}",
                 lambda: document.create(row, retry=self._retry),
                 expected=(google_errors.Conflict,),
             )
         except google_errors.Conflict:
-            return False
+            return None
         self.writes[cause] += 1
-        return True
+        return _nanos(written.update_time)
 
-    async def update(self, key_id: str, fields: Row, *, cause: str) -> None:
+    async def update(self, key_id: str, fields: Row, *, cause: str) -> int:
         """Change fields of an existing row; KeyNotFound if there is none."""
-        await self.commit({}, {key_id: fields}, cause=cause)
+        return await self.commit({}, {key_id: fields}, cause=cause)
 
     async def commit(
         self, creates: Mapping[str, Row], updates: Mapping[str, Row], *, cause: str
-    ) -> None:
+    ) -> int:
         """Create and update rows atomically: all of them or, on any error, none."""
         collection = await self._collection()
         batch = collection._client.batch()
@@ -156,15 +170,16 @@ class KeyCollection:
         except google_errors.NotFound:
             raise _not_found(next(iter(updates))) from None
         self.writes[cause] += len(creates) + len(updates)
+        return _nanos(batch.commit_time)
 
-    async def delete(self, key_id: str, *, cause: str) -> None:
+    async def delete(self, key_id: str, *, cause: str) -> int:
         """Delete a row; KeyNotFound if there is none."""
         collection = await self._collection()
         if not key_id or "/" in key_id:
             raise _not_found(key_id)
         document = collection.document(key_id)
         try:
-            await self._call(
+            deleted = await self._call(
                 f"delete of key {key_id}",
                 lambda: document.delete(
                     option=collection._client.write_option(exists=True),
@@ -175,6 +190,7 @@ class KeyCollection:
         except google_errors.NotFound:
             raise _not_found(key_id) from None
         self.writes[cause] += 1
+        return _nanos(deleted)
 
     async def add_usage(self, key_id: str, day: str, count: int) -> None:
         """Add ``count`` uses on ``day`` to a row and its day document, atomically.
@@ -353,11 +369,22 @@ class _Direct:
         except google_errors.NotFound:
             return None
 
-    async def scan(self) -> list[Any]:
-        """Every document of the collection (the caller bounds the time)."""
+    async def scan(self) -> tuple[list[Any], int]:
+        """Every document of the collection, and the time they are as of (ns).
+
+        Each answer's read time is later than the last, and the documents before
+        it are unchanged up to it: all of them stand as at the last one.
+        The caller bounds the time.
+        """
         selector = StructuredQuery.CollectionSelector(collection_id=self._collection)
         request = RunQueryRequest(
             parent=self._parent, structured_query=StructuredQuery(from_=[selector])
         )
-        call = await self._query(request, metadata=self._metadata)
-        return [answer.document async for answer in call if answer.HasField("document")]
+        documents: list[Any] = []
+        read_time = 0
+        async for answer in await self._query(request, metadata=self._metadata):
+            if answer.HasField("read_time"):
+                read_time = max(read_time, answer.read_time.ToNanoseconds())
+            if answer.HasField("document"):
+                documents.append(answer.document)
+        return documents, read_time

@@ -17,6 +17,9 @@ from keystore.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: A row as read: (key id, fields), fields None if the row is gone.
+Row = tuple[str, Mapping[str, Any] | None]
+
 
 def read_row(key_id: str, row: Mapping[str, Any] | None) -> ApiKey | None:
     """The row as an ApiKey; None (refused, with one warning) if it is unreadable."""
@@ -41,6 +44,11 @@ class IndexSource:
         self._max_age = max_age
         self._timer = timer
         self._synced_at: float | None = None
+        # This process's own writes, by key id: (commit time in ns, row). A view
+        # of the rows read before a write's commit time (a load, a listener's
+        # snapshot still on its way) would undo it; these are laid over every
+        # such view, and dropped by the first view that holds them.
+        self._written: dict[str, tuple[int, ApiKey | None]] = {}
         self.hits = 0
         self.misses = 0  # always 0: nothing is fetched on demand
 
@@ -73,36 +81,48 @@ class IndexSource:
         self.hits += 1
         return self._rows.get(key_id)
 
-    def remember(self, key_id: str, record: ApiKey | None) -> None:
+    def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
+        self._written[key_id] = (at, record)
         if self._rows is not None:
-            self._put(key_id, record)
+            self._put(self._rows, key_id, record)
 
-    def replace(self, rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> None:
-        """Swap in a whole new set of rows at once."""
+    def replace(self, rows: Iterable[Row], as_of: int) -> None:
+        """Swap in a whole new set of rows at once, as they stood at ``as_of`` (ns)."""
         fresh: dict[str, ApiKey] = {}
         for key_id, row in rows:
             record = read_row(key_id, row)
             if record is not None:
                 fresh[key_id] = record
+        self._overlay(fresh, as_of)
         self._rows = fresh  # one assignment: checks see the old set or the new
         self.confirm()
 
-    def change(self, rows: Iterable[tuple[str, Mapping[str, Any] | None]]) -> None:
-        """Apply changed rows (None: deleted)."""
+    def change(self, rows: Iterable[Row], as_of: int) -> None:
+        """Apply changed rows (None: deleted), as they stood at ``as_of`` (ns)."""
+        assert self._rows is not None
         for key_id, row in rows:
-            self._put(key_id, read_row(key_id, row))
+            self._put(self._rows, key_id, read_row(key_id, row))
+        self._overlay(self._rows, as_of)
         self.confirm()
 
     def confirm(self) -> None:
         """The rows are known to be current now."""
         self._synced_at = self._timer()
 
-    def _put(self, key_id: str, record: ApiKey | None) -> None:
-        assert self._rows is not None
+    def _overlay(self, rows: dict[str, ApiKey], as_of: int) -> None:
+        """Lay this process's writes made after ``as_of`` over ``rows``."""
+        for key_id, (at, record) in list(self._written.items()):
+            if at <= as_of:
+                del self._written[key_id]  # the view holds it (or something newer)
+            else:
+                self._put(rows, key_id, record)
+
+    @staticmethod
+    def _put(rows: dict[str, ApiKey], key_id: str, record: ApiKey | None) -> None:
         if record is None:
-            self._rows.pop(key_id, None)
+            rows.pop(key_id, None)
         else:
-            self._rows[key_id] = record
+            rows[key_id] = record
 
 
 class ReloadSource(IndexSource):
@@ -131,10 +151,10 @@ class ReloadSource(IndexSource):
 
     async def reload(self) -> None:
         """Load every row now and swap them in."""
-        rows = await self._collection.all(
+        listing = await self._collection.all(
             cause="reload", timeout=self._settings.load_timeout
         )
-        self.replace(rows)
+        self.replace(listing.rows, listing.read_time)
         logger.debug("Loaded %d keys.", len(self))
 
     async def _reload_forever(self) -> None:

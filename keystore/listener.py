@@ -108,9 +108,11 @@ class ListenSource(IndexSource):
             )
         database = f"projects/{self._client.project}/databases/{settings.database}"
 
-        def on_snapshot(changes: list[Change], reads: int) -> None:
+        def on_snapshot(changes: list[Change], reads: int, read_time: int) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
-                loop.call_soon_threadsafe(self._apply, generation, changes, reads)
+                loop.call_soon_threadsafe(
+                    self._apply, generation, changes, reads, read_time
+                )
 
         self._stream = ListenStream(
             self._client, database, collection_query(settings.collection), on_snapshot
@@ -132,13 +134,15 @@ class ListenSource(IndexSource):
 
     # -- on the event loop ----------------------------------------------------
 
-    def _apply(self, generation: int, changes: list[Change], reads: int) -> None:
+    def _apply(
+        self, generation: int, changes: list[Change], reads: int, read_time: int
+    ) -> None:
         self._collection.reads["listen"] += reads  # billed, even if now outdated
         if generation != self._generation:
             return  # from a listener already replaced
         if self._is_new:
             # A new listener's first snapshot holds every row: swap them in at once.
             self._is_new = False
-            self.replace(changes)
+            self.replace(changes, read_time)
         else:
-            self.change(changes)
+            self.change(changes, read_time)

@@ -58,8 +58,9 @@ class KeySource(Protocol):
     def get(self, key_id: str) -> Awaitable[ApiKey | None]:
         """The row for ``key_id``, or None if there is none (or it is unreadable)."""
 
-    def remember(self, key_id: str, record: ApiKey | None) -> None:
-        """This process changed a row: answer from the change at once."""
+    def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
+        """This process changed a row, committed at ``at`` (ns): answer from
+        the change at once, and keep any view read before it from undoing it."""
 
 
 class ReadBudget:
@@ -138,7 +139,8 @@ class TtlSource:
         # on every check.
         return self._cache.get(key_id, self._load)
 
-    def remember(self, key_id: str, record: ApiKey | None) -> None:
+    def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
+        # Read again on next use; a read under way now is not cached (cache.py).
         self._cache.invalidate(key_id)
 
     def clear(self) -> None:

@@ -196,10 +196,10 @@ class ApiKeyStore:
     ) -> NewKey:
         """Make a key, store its hash, and return it; the plaintext is not kept."""
         made = self._new(name=name, scopes=scopes, expires_at=expires_at)
-        await self._rows.commit(
+        at = await self._rows.commit(
             {made.record.id: made.record.to_row()}, {}, cause="admin"
         )
-        self.source.remember(made.record.id, made.record)
+        self.source.remember(made.record.id, made.record, at)
         return made
 
     async def get(self, key_id: str) -> ApiKey | BrokenRow:
@@ -211,6 +211,14 @@ class ApiKeyStore:
             raise KeyNotFound(f"No key with id '{key_id}'.")
         return _read(key_id, row)
 
+    async def _readable(self, key_id: str) -> ApiKey:
+        """One row by key id; KeyNotFound if there is none, InvalidRow if it
+        cannot be read."""
+        record = await self.get(key_id)
+        if isinstance(record, BrokenRow):
+            raise InvalidRow(record.id, record.field, record.problem)
+        return record
+
     async def list_keys(
         self,
         *,
@@ -219,9 +227,8 @@ class ApiKeyStore:
         scope: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
         """Rows, oldest first; with a filter, only the readable rows that match."""
-        rows = [
-            _read(key_id, row) for key_id, row in await self._rows.all(cause="list")
-        ]
+        listing = await self._rows.all(cause="list")
+        rows = [_read(key_id, row) for key_id, row in listing.rows]
         now = self._clock()
         if disabled or expired or scope:
             rows = [
@@ -244,19 +251,21 @@ class ApiKeyStore:
             raise ValueError(f"Field '{sorted(unknown)[0]}' cannot be changed.")
         if "scopes" in changes:
             changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
-        if changes:
-            await self._rows.update(key_id, changes, cause="admin")
-        record = await self.get(key_id)
-        if isinstance(record, BrokenRow):
-            self.source.remember(key_id, None)
-            raise InvalidRow(record.id, record.field, record.problem)
-        self.source.remember(key_id, record)
+        if not changes:
+            return await self._readable(key_id)
+        at = await self._rows.update(key_id, changes, cause="admin")
+        try:
+            record = await self._readable(key_id)
+        except InvalidRow:
+            self.source.remember(key_id, None, at)
+            raise
+        self.source.remember(key_id, record, at)
         return record
 
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
-        await self._rows.delete(key_id, cause="admin")
-        self.source.remember(key_id, None)
+        at = await self._rows.delete(key_id, cause="admin")
+        self.source.remember(key_id, None, at)
 
     async def rotate(
         self,
@@ -267,23 +276,21 @@ class ApiKeyStore:
     ) -> NewKey:
         """A new key with the old one's name and scopes; the old key stays valid
         for ``grace``, then expires by itself. Both rows are written atomically."""
-        old = await self.get(key_id)
-        if isinstance(old, BrokenRow):
-            raise InvalidRow(old.id, old.field, old.problem)
+        old = await self._readable(key_id)
         made = self._new(
             name=old.name, scopes=old.scopes, expires_at=expires_at, rotated_from=old.id
         )
         old_until = self._clock() + grace
         if old.expires_at is not None:
             old_until = min(old_until, old.expires_at)
-        await self._rows.commit(
+        at = await self._rows.commit(
             {made.record.id: made.record.to_row()},
             {old.id: {"expires_at": old_until, "rotated_to": made.record.id}},
             cause="admin",
         )
-        self.source.remember(made.record.id, made.record)
+        self.source.remember(made.record.id, made.record, at)
         self.source.remember(
-            old.id, replace(old, expires_at=old_until, rotated_to=made.record.id)
+            old.id, replace(old, expires_at=old_until, rotated_to=made.record.id), at
         )
         return made
 
@@ -314,11 +321,12 @@ class ApiKeyStore:
             record = self._record(
                 key_id=key_id, key=key, name=name, scopes=scopes, expires_at=expires_at
             )
-            if await self._rows.create(key_id, record.to_row(), cause="admin"):
-                created.append(key_id)
-                self.source.remember(key_id, record)
-            else:
+            at = await self._rows.create(key_id, record.to_row(), cause="admin")
+            if at is None:
                 existing.append(key_id)
+            else:
+                created.append(key_id)
+                self.source.remember(key_id, record, at)
         return ImportResult(created=created, existing=existing, rejected=rejected)
 
     async def usage(self, key_id: str, *, days: int = 30) -> Usage:

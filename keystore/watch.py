@@ -42,8 +42,9 @@ from keystore.result import Change, ListenedResult
 logger = logging.getLogger(__name__)
 
 #: Called in the listener's thread with the documents that changed (None:
-#: gone) and how many reads Firestore bills for them.
-OnSnapshot = Callable[[list[Change], int], None]
+#: gone), how many reads Firestore bills for them, and the time (ns) the
+#: snapshot is consistent as of.
+OnSnapshot = Callable[[list[Change], int, int], None]
 
 #: The stream's one target; any number but 0 would do.
 _TARGET_ID = 1
@@ -216,13 +217,13 @@ class ListenStream:
             # A consistent snapshot, if the target has been sent whole.
             if not change.HasField("read_time") or not self._target.is_current:
                 return False
-            self._deliver()
+            self._deliver(change.read_time.ToNanoseconds())
             if change.resume_token:
                 self._resume_token = change.resume_token
             return True
         return False
 
-    def _deliver(self) -> None:
+    def _deliver(self, read_time: int) -> None:
         # Handed over even when nothing changed: it confirms the rows are current.
         changes, reads = self._target.snapshot()
-        self._on_snapshot(changes, reads)
+        self._on_snapshot(changes, reads, read_time)

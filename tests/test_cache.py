@@ -133,6 +133,19 @@ async def test_known_rows_are_bounded_oldest_fetch_first(timer: Timer) -> None:
     ]
 
 
+async def test_a_load_under_way_when_invalidated_is_not_kept(timer: Timer) -> None:
+    cache, load = make(timer), Loader({"k1": RECORD})
+    load.gate = asyncio.Event()
+    first = asyncio.ensure_future(cache.get("k1", load))
+    await asyncio.sleep(0)  # the row is being read
+    cache.invalidate("k1")  # this process revoked the key meanwhile
+    load.gate.set()
+    assert await first == RECORD  # who asked before the change gets what was read
+    load.rows = {}
+    assert await cache.get("k1", load) is None  # but it was not kept
+    assert load.calls == 2
+
+
 async def test_invalidate_forces_a_load(timer: Timer) -> None:
     cache, load = make(timer), Loader({"k1": RECORD})
     await cache.get("k1", load)

@@ -21,8 +21,9 @@ from keystore import (
     StoreUnavailable,
 )
 from keystore.collection import KeyCollection
-from keystore.index import ReloadSource
+from keystore.index import IndexSource, ReloadSource
 from keystore.keys import new_key
+from keystore.settings import SyncMode
 from tests.conftest import Emulator, Timer
 
 pytestmark = pytest.mark.anyio
@@ -148,6 +149,29 @@ async def test_wrong_and_malformed_keys(mode_store: ApiKeyStore) -> None:
     reads = mode_store.reads["check"] - before
     # Only the ttl mode reads on demand: one read per unknown id.
     assert reads == (101 if mode_store.settings.sync == "ttl" else 0)
+
+
+@pytest.mark.parametrize("sync", ["reload", "listen"])
+async def test_a_view_read_before_a_change_made_here_does_not_undo_it(
+    settings: Settings, sync: SyncMode
+) -> None:
+    # A load, or a listener's snapshot, read before this process revoked a key
+    # and applied after: the revoke stands. Real read and commit times; ttl's
+    # own race is in tests/test_cache.py.
+    async with ApiKeyStore(replace(settings, sync=sync)) as store:
+        await wait_for(lambda: ready(store))
+        made = await store.create(name="n")
+        rows = KeyCollection(settings)
+        before = await rows.all(cause="test")
+        await rows.aclose()
+        assert made.record.id in dict(before.rows)
+        await store.revoke(made.record.id)
+        source = store.source
+        assert isinstance(source, IndexSource)
+        source.replace(before.rows, before.read_time)
+        assert await outcome(store, made.key) == "unknown"
+        source.change(before.rows, before.read_time)
+        assert await outcome(store, made.key) == "unknown"
 
 
 async def test_index_modes_are_not_ready_until_loaded(

@@ -32,7 +32,7 @@ class Listening:
             client,
             database,
             collection_query(settings.collection),
-            lambda changes, reads: self.snapshots.put((changes, reads)),
+            lambda changes, reads, read_time: self.snapshots.put((changes, reads)),
             **options,
         )
 

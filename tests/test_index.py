@@ -1,0 +1,43 @@
+"""IndexSource on its own: rows in memory, and this process's writes laid over
+views of the rows read before them."""
+
+from keystore.index import IndexSource
+from keystore.keys import hash_key
+from keystore.models import ApiKey
+
+ROW = ApiKey(id="k1", name="one", hash=hash_key("a key")).to_row()
+
+
+def source() -> IndexSource:
+    index = IndexSource(max_age=60, timer=lambda: 0.0)
+    index.replace([("k1", ROW)], as_of=10)
+    return index
+
+
+def test_a_revoke_here_outlives_views_read_before_it() -> None:
+    index = source()
+    index.remember("k1", None, at=20)
+    assert index.peek("k1") is None
+    index.replace([("k1", ROW)], as_of=15)  # a load that raced the revoke
+    assert index.peek("k1") is None
+    index.change([("k1", ROW)], as_of=18)  # a snapshot still on its way
+    assert index.peek("k1") is None
+
+
+def test_a_view_read_after_the_write_takes_over() -> None:
+    index = source()
+    index.remember("k1", None, at=20)
+    index.change([], as_of=20)  # holds the revoke: nothing left to lay over
+    index.change([("k1", ROW)], as_of=30)  # made again elsewhere, later
+    assert index.peek("k1") is not None
+    index.replace([], as_of=40)
+    assert index.peek("k1") is None
+
+
+def test_a_key_made_here_before_the_first_load_is_kept() -> None:
+    index = IndexSource(max_age=60, timer=lambda: 0.0)
+    made = ApiKey(id="k2", name="two", hash=hash_key("another key"))
+    index.remember("k2", made, at=20)  # no rows yet: held for the first load
+    index.replace([("k1", ROW)], as_of=15)
+    assert index.peek("k2") == made
+    assert index.peek("k1") is not None
