@@ -58,6 +58,8 @@ class KeyCache:
         self.misses = 0
 
     def __len__(self) -> int:
+        """Rows held, fresh or not: a row past ``ttl + stale_ttl`` is never
+        served, and goes when the cache is full (oldest fetch first)."""
         return len(self._known)
 
     def peek(self, key_id: str) -> ApiKey | None:

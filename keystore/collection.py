@@ -46,6 +46,12 @@ def _is_refused(exc: BaseException) -> bool:
     return isinstance(exc, google_errors.ServiceUnavailable)
 
 
+def _is_cancelling() -> bool:
+    """True if the running task itself is being cancelled (or timed out)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def _not_found(key_id: str) -> KeyNotFound:
     return KeyNotFound(f"No key with id '{key_id}'.")
 
@@ -281,7 +287,17 @@ class KeyCollection:
             raise StoreUnavailable("Firestore is unavailable; retrying shortly.")
         try:
             async with asyncio.timeout(timeout or self.settings.timeout):
-                result = await call()
+                try:
+                    result = await call()
+                except asyncio.CancelledError as exc:
+                    if _is_cancelling():
+                        raise
+                    # Not this task's cancel: gRPC cancelled the call, as it
+                    # does to calls on a channel closed after a renewal (a long
+                    # load may outlive its client).
+                    raise google_errors.Cancelled(  # type: ignore[no-untyped-call]
+                        "The call was cancelled."
+                    ) from exc
         except expected:
             raise
         # Anything else from Google or the network means Firestore gave no usable
@@ -370,21 +386,23 @@ class _Direct:
             return None
 
     async def scan(self) -> tuple[list[Any], int]:
-        """Every document of the collection, and the time they are as of (ns).
+        """Every document of the collection, and a time they are as of (ns).
 
-        Each answer's read time is later than the last, and the documents before
-        it are unchanged up to it: all of them stand as at the last one.
-        The caller bounds the time.
+        Firestore may move the read time on while the query runs, promising
+        only that the documents already sent have not changed since; a row
+        made behind its cursor meanwhile may be missing. The earliest read
+        time is the one that holds for the whole answer. The caller bounds
+        the time.
         """
         selector = StructuredQuery.CollectionSelector(collection_id=self._collection)
         request = RunQueryRequest(
             parent=self._parent, structured_query=StructuredQuery(from_=[selector])
         )
         documents: list[Any] = []
-        read_time = 0
+        read_time: int | None = None
         async for answer in await self._query(request, metadata=self._metadata):
-            if answer.HasField("read_time"):
-                read_time = max(read_time, answer.read_time.ToNanoseconds())
+            if read_time is None and answer.HasField("read_time"):
+                read_time = answer.read_time.ToNanoseconds()
             if answer.HasField("document"):
                 documents.append(answer.document)
-        return documents, read_time
+        return documents, read_time or 0

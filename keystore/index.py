@@ -49,6 +49,8 @@ class IndexSource:
         # snapshot still on its way) would undo it; these are laid over every
         # such view, and dropped by the first view that holds them.
         self._written: dict[str, tuple[int, ApiKey | None]] = {}
+        # The read time (ns) of the last view applied; an older one is ignored.
+        self._as_of = 0
         self.hits = 0
         self.misses = 0  # always 0: nothing is fetched on demand
 
@@ -82,12 +84,20 @@ class IndexSource:
         return self._rows.get(key_id)
 
     def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
+        if at <= self._as_of:
+            return  # a view applied already holds this write, or a later one
+        earlier = self._written.get(key_id)
+        if earlier is not None and earlier[0] >= at:
+            return  # two writes here finished out of order: keep the later one
         self._written[key_id] = (at, record)
         if self._rows is not None:
             self._put(self._rows, key_id, record)
 
     def replace(self, rows: Iterable[Row], as_of: int) -> None:
         """Swap in a whole new set of rows at once, as they stood at ``as_of`` (ns)."""
+        if as_of < self._as_of:
+            return  # older than what is held (two loads that overlapped)
+        self._as_of = as_of
         fresh: dict[str, ApiKey] = {}
         for key_id, row in rows:
             record = read_row(key_id, row)
@@ -100,6 +110,7 @@ class IndexSource:
     def change(self, rows: Iterable[Row], as_of: int) -> None:
         """Apply changed rows (None: deleted), as they stood at ``as_of`` (ns)."""
         assert self._rows is not None
+        self._as_of = max(self._as_of, as_of)
         for key_id, row in rows:
             self._put(self._rows, key_id, read_row(key_id, row))
         self._overlay(self._rows, as_of)

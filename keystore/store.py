@@ -173,7 +173,11 @@ class ApiKeyStore:
         is the key that row was made from (made well-formed, or imported under
         an id derived from its hash, never at this position).
         """
-        if len(key) != self._key_length or not key.startswith(self._key_start):
+        if (
+            len(key) != self._key_length
+            or not key.startswith(self._key_start)
+            or not key.isascii()  # a lone surrogate, say, cannot be encoded
+        ):
             return None
         return self.source.peek(key[self._id_slice])
 
@@ -245,7 +249,9 @@ class ApiKeyStore:
         )
 
     async def update(self, key_id: str, **changes: Any) -> ApiKey:
-        """Change ``name``, ``scopes``, ``disabled`` or ``expires_at`` of a key."""
+        """Change ``name``, ``scopes``, ``disabled`` or ``expires_at`` of a key.
+
+        With no changes, the row is read and returned, and nothing else done."""
         unknown = set(changes) - EDITABLE
         if unknown:
             raise ValueError(f"Field '{sorted(unknown)[0]}' cannot be changed.")

@@ -137,7 +137,8 @@ async def test_a_load_under_way_when_invalidated_is_not_kept(timer: Timer) -> No
     cache, load = make(timer), Loader({"k1": RECORD})
     load.gate = asyncio.Event()
     first = asyncio.ensure_future(cache.get("k1", load))
-    await asyncio.sleep(0)  # the row is being read
+    while load.calls == 0:
+        await asyncio.sleep(0)  # until the row is being read
     cache.invalidate("k1")  # this process revoked the key meanwhile
     load.gate.set()
     assert await first == RECORD  # who asked before the change gets what was read

@@ -41,3 +41,24 @@ def test_a_key_made_here_before_the_first_load_is_kept() -> None:
     index.replace([("k1", ROW)], as_of=15)
     assert index.peek("k2") == made
     assert index.peek("k1") is not None
+
+
+def test_a_write_a_view_already_holds_changes_nothing() -> None:
+    index = source()
+    index.change([("k1", None)], as_of=30)  # revoked elsewhere, seen at 30
+    index.remember("k1", ApiKey(id="k1", name="old"), at=25)  # an earlier write
+    assert index.peek("k1") is None
+
+
+def test_writes_here_that_finish_out_of_order_keep_the_later() -> None:
+    index = source()
+    index.remember("k1", None, at=30)
+    index.remember("k1", ApiKey(id="k1", name="older", hash=hash_key("k")), at=20)
+    assert index.peek("k1") is None
+
+
+def test_a_load_older_than_the_rows_held_is_ignored() -> None:
+    index = source()
+    index.change([("k1", None)], as_of=30)
+    index.replace([("k1", ROW)], as_of=20)  # two loads overlapped
+    assert index.peek("k1") is None

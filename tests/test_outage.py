@@ -7,6 +7,7 @@ import pytest
 
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_store
+from keystore.collection import KeyCollection
 from keystore.keys import new_key
 from keystore.listener import ListenSource
 from keystore.sources import TtlSource
@@ -89,6 +90,26 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
                         await store.verify(new_key("ks"))
         finally:
             emulator.pause(False)
+
+
+async def test_a_load_whose_channel_is_closed_under_it_is_an_outage(
+    emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    # After a renewal the old client's channel is closed, cancelling what still
+    # runs on it (a long load, say): that is Firestore not answering, not the
+    # task being cancelled.
+    rows = KeyCollection(make_settings(timeout=10))
+    await rows.open()
+    emulator.pause()
+    try:
+        load = asyncio.ensure_future(rows.all(cause="test"))
+        await asyncio.sleep(0.3)  # sent, and waiting for an answer
+        await rows.aclose()
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreUnavailable):
+                await load
+    finally:
+        emulator.pause(False)
 
 
 async def test_store_never_waits_past_its_deadline_when_unreachable(

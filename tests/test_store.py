@@ -101,8 +101,10 @@ async def test_typo_in_a_held_key_is_malformed(
     reads = document_reads()
     last = made.key[-1]
     typo = made.key[:-1] + ("A" if last != "A" else "B")
-    with pytest.raises(MalformedKey):
-        await store.verify(typo)
+    unencodable = made.key[:-1] + "\udc80"  # a lone surrogate, from JSON say
+    for key in (typo, unencodable):
+        with pytest.raises(MalformedKey):
+            await store.verify(key)
     assert document_reads() == reads
 
 

@@ -27,14 +27,20 @@ class Listening:
         self, client: firestore.Client, settings: Settings, **options: float
     ) -> None:
         self.snapshots: queue.Queue[Snapshot] = queue.Queue()
+        #: Each snapshot's read time (ns), in order.
+        self.read_times: list[int] = []
         database = f"projects/{client.project}/databases/{settings.database}"
         self.stream = ListenStream(
             client,
             database,
             collection_query(settings.collection),
-            lambda changes, reads, read_time: self.snapshots.put((changes, reads)),
+            self._put,
             **options,
         )
+
+    def _put(self, changes: list[Change], reads: int, read_time: int) -> None:
+        self.read_times.append(read_time)
+        self.snapshots.put((changes, reads))
 
     def next(self) -> Snapshot:
         return self.snapshots.get(timeout=10)
@@ -81,6 +87,22 @@ def test_rows_decode_as_the_sdk_reads_them(
     assert rows == {"k1": collection.document("k1").get().to_dict()}
     assert rows["k1"] == row
     assert reads == 1
+
+
+def test_snapshots_are_dated_on_the_clock_of_commits(
+    client: firestore.Client, settings: Settings, listening: Listening
+) -> None:
+    # index.py lays a write made here over any snapshot read before its commit
+    # time: the two must compare.
+    listening.stream.start()
+    assert listening.changes() == ({}, 1)
+    empty_at = listening.read_times[-1]
+    written = client.collection(settings.collection).document("k1").set({"n": 1})
+    committed = written.update_time.timestamp_pb().ToNanoseconds()
+    rows: dict[str, dict[str, Any] | None] = {}
+    while "k1" not in rows:
+        rows.update(listening.changes()[0])
+    assert empty_at < committed <= listening.read_times[-1]
 
 
 def test_each_snapshot_holds_only_what_changed(
