@@ -239,7 +239,10 @@ async def soak(seconds: float, rate: float, with_outage: bool = True) -> int:
 
         async def load() -> None:
             rng = random.Random(7)
-            limits = httpx.Limits(max_connections=32)
+            # Enough connections that the requests Firestore's outage holds
+            # (unknown keys, up to KEYSTORE_TIMEOUT each) leave room for the
+            # rest: with 32, valid keys queued here for ~1 s behind them.
+            limits = httpx.Limits(max_connections=256)
             async with httpx.AsyncClient(limits=limits, timeout=30) as http:
                 pending: set[asyncio.Task[None]] = set()
                 while time.monotonic() - started < seconds:
