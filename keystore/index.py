@@ -96,7 +96,7 @@ class IndexSource:
     def replace(self, rows: Iterable[Row], as_of: int) -> None:
         """Swap in a whole new set of rows at once, as they stood at ``as_of`` (ns)."""
         if as_of < self._as_of:
-            return  # older than what is held (two loads that overlapped)
+            return  # older than what is held (two loads that overlapped, say)
         self._as_of = as_of
         fresh: dict[str, ApiKey] = {}
         for key_id, row in rows:
@@ -110,7 +110,9 @@ class IndexSource:
     def change(self, rows: Iterable[Row], as_of: int) -> None:
         """Apply changed rows (None: deleted), as they stood at ``as_of`` (ns)."""
         assert self._rows is not None
-        self._as_of = max(self._as_of, as_of)
+        if as_of < self._as_of:
+            return  # older than what is held
+        self._as_of = as_of
         for key_id, row in rows:
             self._put(self._rows, key_id, read_row(key_id, row))
         self._overlay(self._rows, as_of)

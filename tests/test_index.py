@@ -62,3 +62,10 @@ def test_a_load_older_than_the_rows_held_is_ignored() -> None:
     index.change([("k1", None)], as_of=30)
     index.replace([("k1", ROW)], as_of=20)  # two loads overlapped
     assert index.peek("k1") is None
+
+
+def test_changes_older_than_the_rows_held_are_ignored() -> None:
+    index = source()
+    index.change([("k1", None)], as_of=30)
+    index.change([("k1", ROW)], as_of=20)
+    assert index.peek("k1") is None
