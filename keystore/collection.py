@@ -61,6 +61,13 @@ def _nanos(timestamp: Any) -> int:
     return int(timestamp.timestamp_pb().ToNanoseconds())
 
 
+def collection_query(collection: str) -> StructuredQuery:
+    """Every document of the top-level ``collection``: a load, or a listener."""
+    return StructuredQuery(
+        from_=[StructuredQuery.CollectionSelector(collection_id=collection)]
+    )
+
+
 class Listing(NamedTuple):
     """Every row, as (key id, row) pairs, as they stood at ``read_time`` (ns)."""
 
@@ -394,9 +401,8 @@ class _Direct:
         time is the one that holds for the whole answer. The caller bounds
         the time.
         """
-        selector = StructuredQuery.CollectionSelector(collection_id=self._collection)
         request = RunQueryRequest(
-            parent=self._parent, structured_query=StructuredQuery(from_=[selector])
+            parent=self._parent, structured_query=collection_query(self._collection)
         )
         documents: list[Any] = []
         read_time: int | None = None

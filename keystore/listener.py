@@ -17,23 +17,15 @@ import threading
 from collections.abc import Callable
 
 from google.cloud import firestore
-from google.cloud.firestore_v1.types import StructuredQuery
 
 from keystore.background import Background
-from keystore.collection import KeyCollection
+from keystore.collection import KeyCollection, collection_query
 from keystore.index import IndexSource
 from keystore.result import Change
 from keystore.settings import Settings
 from keystore.watch import ListenStream
 
 logger = logging.getLogger(__name__)
-
-
-def collection_query(collection: str) -> StructuredQuery:
-    """Every document of the top-level ``collection``."""
-    return StructuredQuery(
-        from_=[StructuredQuery.CollectionSelector(collection_id=collection)]
-    )
 
 
 class ListenSource(IndexSource):

@@ -135,8 +135,9 @@ class ApiKeyStore:
                 # Not a key held in memory as it stands: check its format (a
                 # typo fails here, before any read), then ask the source.
                 key_id = self._key_id(key)
-                if record is None or record.id != key_id:
-                    record = await self.source.get(key_id)
+                if record is not None and record.id == key_id:
+                    raise KeyNotFound()  # the row for its id is held: not its key
+                record = await self.source.get(key_id)
                 if record is None or not keys_match(key, record.hash):
                     raise KeyNotFound()
             if record.disabled:

@@ -13,7 +13,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.types import Document, Value
 
 from keystore import Settings
-from keystore.listener import collection_query
+from keystore.collection import collection_query
 from keystore.result import Change, ListenedResult
 from keystore.watch import ListenStream
 
