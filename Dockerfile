@@ -9,14 +9,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080
 
 WORKDIR /app
-# Dependencies first, from pyproject.toml, so code changes reuse this layer.
-COPY pyproject.toml README.md ./
-RUN mkdir keystore api && touch keystore/__init__.py api/__init__.py \
-    && pip install . && pip uninstall -y keystore
-COPY keystore ./keystore
-COPY api ./api
-RUN pip install --no-deps . \
+# Dependencies first, so that code changes reuse this layer. setuptools reads the
+# version from keystore/__init__.py: a stand-in gives it one, and is uninstalled.
+COPY pyproject.toml README.md /tmp/deps/
+RUN mkdir /tmp/deps/keystore \
+    && echo '__version__ = "0"' >/tmp/deps/keystore/__init__.py \
+    && pip install "/tmp/deps[server]" && pip uninstall -y firestore-keystore \
+    && rm -r /tmp/deps
+# The library, built from a copy of its own (no stale build/ from the layer above)
+# and installed: /app holds only the demo app, which the package does not ship.
+COPY pyproject.toml README.md /tmp/src/
+COPY keystore /tmp/src/keystore
+RUN pip install --no-deps /tmp/src && rm -r /tmp/src \
     && useradd --system --uid 10001 --home-dir /app keystore
+COPY api ./api
+# `uvicorn api.main:app` imports api from the working directory, /app.
+ENV PYTHONPATH=/app
 
 USER 10001
 EXPOSE 8080

@@ -116,6 +116,11 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
     say "installing keystore and its test tools into $VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    # The package holds keystore only; the demo app (api/) and benchmarks/ run from
+    # the checkout, which this puts on the venv's path from any directory.
+    "$VENV/bin/python" -c 'import sys, sysconfig
+with open(sysconfig.get_paths()["purelib"] + "/keystore-checkout.pth", "w") as f:
+    f.write(sys.argv[1] + "\n")' "$ROOT"
     touch "$stamp"
   fi
 }

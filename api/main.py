@@ -11,6 +11,7 @@ from api.routes import build_router
 from keystore import (
     ApiKeyAuth,
     Settings,
+    __version__,
     build_admin_router,
     get_store,
     load_env_file,
@@ -38,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await reset_store()
 
-    app = FastAPI(title="keystore demo", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="keystore demo", version=__version__, lifespan=lifespan)
     auth = ApiKeyAuth.from_settings(settings)
     app.add_middleware(TraceMiddleware)
     app.include_router(build_router(auth))

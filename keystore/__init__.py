@@ -18,6 +18,8 @@ from keystore.models import ApiKey, BrokenRow, NewKey
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore, get_store, reset_store
 
+__version__ = "0.1.0"
+
 __all__ = [
     "ApiKey",
     "ApiKeyAuth",
