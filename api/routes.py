@@ -24,6 +24,8 @@ class Ready(BaseModel):
     keys_in_memory: int
     #: Seconds since the keys in memory were last confirmed current (reload, listen).
     index_age_seconds: float | None
+    #: Restarts of each background task after an unexpected error (logged).
+    background_restarts: dict[str, int]
 
 
 class WhoAmI(BaseModel):
@@ -51,8 +53,8 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
 
     @router.get("/readyz", tags=["ops"], responses={503: {"model": Ready}})
     async def readyz(response: Response) -> Ready:
-        """Readiness: 200 once keys can be checked (reload, listen: after the
-        first full load), 503 before."""
+        """Readiness: 200 while keys can be checked; 503 before the first full
+        load (reload, listen) and once the rows are older than they are trusted."""
         store = get_store()
         age = store.source.age()
         ready = Ready(
@@ -60,6 +62,7 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
             sync=store.settings.sync,
             keys_in_memory=len(store.source),
             index_age_seconds=None if age is None else round(age, 3),
+            background_restarts=store.background_restarts,
         )
         if not ready.ready:
             response.status_code = 503

@@ -55,8 +55,15 @@ class IndexSource:
         self.misses = 0  # always 0: nothing is fetched on demand
 
     @property
+    def background(self) -> tuple[Background, ...]:
+        """The tasks that keep the rows fresh (none here; see the subclasses)."""
+        return ()
+
+    @property
     def is_ready(self) -> bool:
-        return self._rows is not None
+        """True while the rows held can be trusted: loaded, and not too old."""
+        age = self.age()
+        return self._rows is not None and age is not None and age <= self._max_age
 
     def age(self) -> float | None:
         return None if self._synced_at is None else self._timer() - self._synced_at
@@ -154,7 +161,11 @@ class ReloadSource(IndexSource):
         )
         self._settings = settings
         self._collection = rows
-        self._task = Background(self._reload_forever)
+        self._task = Background(self._reload_forever, name="key reload")
+
+    @property
+    def background(self) -> tuple[Background, ...]:
+        return (self._task,)
 
     async def start(self) -> None:
         self._task.start()
@@ -176,6 +187,7 @@ class ReloadSource(IndexSource):
                 await self.reload()
                 delay = self._settings.reload_interval
             except StoreUnavailable:
-                # Keep the last load; try again soon, not a whole interval later.
+                # An outage: keep the last load; try again soon, not a whole
+                # interval later. Anything else is for the supervisor.
                 delay = min(self._settings.retry_after, self._settings.reload_interval)
             await asyncio.sleep(delay)

@@ -54,6 +54,14 @@ def render(store: "ApiKeyStore") -> str:
         f'keystore_checks_total{{outcome="{o}"}} {n}'
         for o, n in sorted(store.checks.items())
     ]
+    name = "keystore_background_restarts_total"
+    lines += _family(
+        name, "counter", "Background tasks restarted after an unexpected error."
+    )
+    lines += [
+        f'{name}{{task="{task}"}} {n}'
+        for task, n in sorted(store.background_restarts.items())
+    ]
     lines += _family(
         "keystore_check_duration_seconds", "histogram", "Time to check one key."
     )

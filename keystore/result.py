@@ -1,4 +1,4 @@
-"""What a listener holds of its query's result, and Firestore values as Python.
+"""What a listener holds of its query's result, between snapshots.
 
 Only each document's update time is kept: a snapshot hands over the documents
 whose update time changed, and those that are gone, decoded from the wire's

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from keystore.background import Background
 from keystore.cache import KeyCache
 from keystore.collection import KeyCollection
 from keystore.errors import StoreBusy
@@ -40,6 +41,10 @@ class KeySource(Protocol):
     @property
     def is_ready(self) -> bool:
         """True once checks can be answered."""
+
+    @property
+    def background(self) -> tuple[Background, ...]:
+        """The tasks that keep the rows fresh."""
 
     def age(self) -> float | None:
         """Seconds since the rows in memory were last confirmed whole, if kept whole."""
@@ -106,7 +111,7 @@ class TtlSource:
             stale_ttl=settings.stale_if_error,
             maxsize=settings.cache_size,
             timer=timer,
-            stale_first=lambda: rows.is_degraded,
+            stale_first=lambda: rows.connection.is_degraded,
         )
         # Real time even where tests pass a fake timer: this limits a real rate.
         self._budget = ReadBudget(settings.max_lookups_per_second, time.monotonic)
@@ -118,6 +123,10 @@ class TtlSource:
     @property
     def misses(self) -> int:
         return self._cache.misses
+
+    @property
+    def background(self) -> tuple[Background, ...]:
+        return ()
 
     def age(self) -> float | None:
         return None

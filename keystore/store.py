@@ -1,22 +1,25 @@
 """ApiKeyStore: API keys in a Firestore collection, checked from memory.
 
-Checks go through the cache (``cache.py``); management calls go straight to the
-collection (``collection.py``); uses are counted off the request path
-(``usage.py``).
+Checks ask the source of the sync mode (``sources.py``), which answers from
+memory when it can; management calls go straight to the collection
+(``collection.py``), over the one connection to Firestore (``connection.py``);
+uses are counted off the request path (``usage.py``).
 """
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import grpc
+
 from keystore.background import Background
 from keystore.collection import KeyCollection
+from keystore.connection import Connection
 from keystore.errors import (
     ConfigError,
     InvalidRow,
@@ -43,8 +46,6 @@ from keystore.sources import make_source
 from keystore.times import utcnow
 from keystore.usage import UsageCounter
 
-logger = logging.getLogger(__name__)
-
 #: Fields that ``update`` may change.
 EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at"})
 
@@ -55,6 +56,7 @@ class ApiKeyStore:
     A revoked, disabled or edited key takes effect within ``settings.cache_ttl``
     (at once in the process that made the change). Use as
     ``async with ApiKeyStore(settings) as store:`` or call :meth:`aclose`.
+    ``interceptors`` (grpc.aio client interceptors) see every Firestore call.
     """
 
     def __init__(
@@ -63,10 +65,12 @@ class ApiKeyStore:
         *,
         timer: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = utcnow,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._rows = KeyCollection(settings, timer=timer)
+        self.connection = Connection(settings, timer=timer, interceptors=interceptors)
+        self._rows = KeyCollection(self.connection)
         #: Where checks find rows: the cache, or every row (see sources.py).
         self.source = make_source(settings, self._rows, timer)
         self._key_start = f"{settings.prefix}_"
@@ -75,7 +79,7 @@ class ApiKeyStore:
         self.checks: Counter[str] = Counter()
         self.check_latency = Histogram()
         self._usage = UsageCounter(self._rows)
-        self._flusher = Background(self._flush_forever)
+        self._flusher = Background(self._flush_forever, name="usage flusher")
 
     @property
     def reads(self) -> Counter[str]:
@@ -91,6 +95,12 @@ class ApiKeyStore:
     def is_ready(self) -> bool:
         """True once checks can be answered (reload, listen: after the first load)."""
         return self.source.is_ready
+
+    @property
+    def background_restarts(self) -> dict[str, int]:
+        """Restarts of each background task after an unexpected error."""
+        tasks = (self._flusher, *self.source.background)
+        return {task.name: task.restarts for task in tasks}
 
     @property
     def usage_pending(self) -> int:
@@ -401,10 +411,9 @@ class ApiKeyStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.usage_flush_interval):
                     await self._usage.full.wait()
-            try:
-                await self.flush_usage()
-            except Exception:  # the flusher must outlive any one bad flush
-                logger.exception("Usage flush failed; the counts are kept.")
+            # An outage keeps the counts for the next flush (usage.py); any
+            # other error is for the supervisor.
+            await self.flush_usage()
 
 
 def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:

@@ -2,8 +2,11 @@
 
 A check adds one to a dict entry; a background task writes the sums to Firestore
 as atomic increments, at most once per key and day per flush interval, and once
-more on shutdown. A crash loses at most one interval of counts; a failed flush
-keeps its counts for the next one.
+more on shutdown. A crash loses at most one interval of counts. A write that
+failed is sent again at the next flush as it was, under the same marker
+(commits.py), so a write that landed though its answer was lost is not counted
+twice; new uses go into a write of their own. Each write costs three document
+writes: the row, the day document and the marker.
 """
 
 import asyncio
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from keystore.collection import KeyCollection
+from keystore.commits import new_write_id
 from keystore.errors import KeyNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ class UsageCounter:
     ) -> None:
         self._collection = collection
         self._pending: Counter[tuple[str, int]] = Counter()
+        # Writes that failed, by write id: sent again as they were.
+        self._unsent: dict[str, tuple[str, int, int]] = {}
         self._max_pending = max_pending
         self._wall_clock = wall_clock
         self._flushing = asyncio.Lock()
@@ -48,7 +54,7 @@ class UsageCounter:
         self.full = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._unsent)
 
     def add(self, key_id: str) -> None:
         """Count one use of ``key_id`` now; no I/O."""
@@ -61,18 +67,29 @@ class UsageCounter:
         async with self._flushing:
             batch, self._pending = self._pending, Counter()
             self.full.clear()
+            writes = dict(self._unsent)
+            writes.update(
+                (new_write_id(), (key_id, day, n)) for (key_id, day), n in batch.items()
+            )
             results = await asyncio.gather(
-                *(self._write(key_id, day, n) for (key_id, day), n in batch.items())
+                *(self._write(write_id, *write) for write_id, write in writes.items())
             )
             return sum(results)
 
-    async def _write(self, key_id: str, day: int, count: int) -> int:
+    async def _write(self, write_id: str, key_id: str, day: int, count: int) -> int:
         try:
             async with self._slots:
-                await self._collection.add_usage(key_id, day_name(day), count)
+                await self._collection.add_usage(
+                    key_id, day_name(day), count, write_id=write_id
+                )
         except KeyNotFound:
+            self._unsent.pop(write_id, None)
             return 0  # revoked since: its uses have no row to go to
         except StoreUnavailable:
-            self._pending[key_id, day] += count  # kept for the next flush
+            self._unsent[write_id] = (key_id, day, count)  # sent again, as it is
             return 0
+        except Exception:
+            self._unsent[write_id] = (key_id, day, count)  # kept, whatever failed
+            raise
+        self._unsent.pop(write_id, None)
         return count

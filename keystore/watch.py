@@ -16,19 +16,22 @@ sent whole; a NO_CHANGE for no target in particular marks a consistent
 snapshot. An existence filter that disagrees with the documents held means
 some were missed: the stream starts over.
 
-Runs in a thread of its own, with the sync client (a blocking stream). After
-an error it reconnects by itself with a growing pause, resuming from the last
-consistent snapshot; every stream also ends after ``STREAM_SECONDS`` and the
-next resumes at once, so that one gone quiet without an error is replaced.
+Runs as a task on the event loop, on the store's one connection, through the
+generated client's ``listen`` (with no retry of its own: a request stream
+cannot be replayed). After a lost connection it reconnects by itself with a
+growing pause, resuming from the last consistent snapshot; every stream also
+ends after ``STREAM_SECONDS`` and the next resumes at once, so that one gone
+quiet without an error is replaced. Any other error ends the task, which its
+supervisor (``background.py``) logs and starts again, reading every row afresh.
 """
 
+import asyncio
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 from google.api_core import exceptions as google_errors
-from google.cloud import firestore
 from google.cloud.firestore_v1.types import (
     ListenRequest,
     ListenResponse,
@@ -37,13 +40,15 @@ from google.cloud.firestore_v1.types import (
     TargetChange,
 )
 
+from keystore.background import Background
+from keystore.connection import Connection
 from keystore.result import Change, ListenedResult
 
 logger = logging.getLogger(__name__)
 
-#: Called in the listener's thread with the documents that changed (None:
-#: gone), how many reads Firestore bills for them, and the time (ns) the
-#: snapshot is consistent as of.
+#: Called on the event loop with the documents that changed (None: gone), how
+#: many reads Firestore bills for them, and the time (ns) the snapshot is
+#: consistent as of.
 OnSnapshot = Callable[[list[Change], int, int], None]
 
 #: The stream's one target; any number but 0 would do.
@@ -62,71 +67,54 @@ class _StartOver(Exception):
 
 
 class ListenStream:
-    """Listens to ``query`` until ``close()``; snapshots go to ``on_snapshot``.
-
-    ``database`` is ``projects/P/databases/D``; the query is over a top-level
-    collection of it.
-    """
+    """Listens to ``query`` (over a top-level collection) until ``close()``;
+    snapshots go to ``on_snapshot``."""
 
     def __init__(
         self,
-        client: firestore.Client,
-        database: str,
+        connection: Connection,
         query: StructuredQuery,
         on_snapshot: OnSnapshot,
         *,
         stream_seconds: float = STREAM_SECONDS,
     ) -> None:
-        self._client = client
+        self._connection = connection
         self._stream_seconds = stream_seconds
-        self._database = database
         self._query = query
         self._on_snapshot = on_snapshot
         self._target = ListenedResult()
-        self._closed = threading.Event()
-        self._call: Any = None
         #: From the last consistent snapshot: a new stream resumes from there,
         #: so that a reconnect reads (and is billed for) only what changed.
         self._resume_token = b""
-        self._thread = threading.Thread(
-            target=self._run, name="keystore-listener", daemon=True
-        )
+        self.task = Background(self._run, name="key listener")
 
     @property
     def is_active(self) -> bool:
         """True while the listener runs (connected, or about to reconnect)."""
-        return self._thread.is_alive() and not self._closed.is_set()
+        return self.task.is_running
 
     def start(self) -> None:
-        self._thread.start()
+        self.task.start()
 
-    def close(self) -> None:
-        """Stop listening; returns once the thread has ended."""
-        self._closed.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+    async def close(self) -> None:
+        """Stop listening; returns once the stream has ended."""
+        await self.task.stop()
 
-    # -- in the listener's thread ---------------------------------------------
-
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        # A start, or a restart after an unexpected error: every row afresh.
+        self._resume_token = b""
         pause = _FIRST_PAUSE
         failing = False
-        while not self._closed.is_set():
+        while True:
             try:
-                for _ in self._stream():
+                async for _ in self._stream():
                     # A snapshot came through: the stream works.
                     pause = _FIRST_PAUSE
                     if failing:
                         failing = False
                         logger.info("The key listener is receiving changes again.")
-            except Exception as exc:
-                if self._closed.is_set():
-                    break
-                # gRPC's status as Google's exception classes name it.
-                error = google_errors.from_grpc_error(exc)  # type: ignore[no-untyped-call]
+            except (google_errors.GoogleAPIError, grpc.RpcError, _StartOver) as exc:
+                error = _as_google_error(exc)
                 if isinstance(error, google_errors.DeadlineExceeded):
                     continue  # the stream's planned end: resume at once
                 if not isinstance(error, google_errors.ServiceUnavailable):
@@ -137,51 +125,48 @@ class ListenStream:
                     failing = True
                     logger.warning(
                         "The key listener lost its stream (%s); reconnecting.",
-                        type(error).__name__ if error.code else type(exc).__name__,
+                        type(error).__name__,
                     )
-            self._closed.wait(pause)
+            await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE)
 
-    def _stream(self) -> Iterator[None]:
+    async def _stream(self) -> AsyncIterator[None]:
         """Open one stream and yield after each snapshot it delivers."""
-        ended = threading.Event()
-        # The SDK's own gRPC stub and call metadata (its routing header, and the
-        # emulator's credentials), as its on_snapshot uses them: the bare stub,
-        # because the generated method around it would wait for a first answer
-        # and retry with a request iterator already spent.
-        client: Any = self._client
-        self._call = None
+        connection = self._connection
+        client = await connection.open()
+        ended = asyncio.Event()
+        call: Any = await client.listen(
+            requests=self._requests(connection.database, ended),
+            # No retry: it would send a request stream already spent.
+            retry=None,
+            timeout=self._stream_seconds,
+            metadata=connection.metadata,
+        )
         try:
-            self._call = client._firestore_api._transport.listen(
-                self._requests(ended),
-                metadata=client._rpc_metadata,
-                timeout=self._stream_seconds,
-            )
-            if self._closed.is_set():  # close() came before the call was set
-                self._call.cancel()
             self._target.restart(resumed=bool(self._resume_token))
-            for response in self._call:
+            async for response in call:
                 if self._handle(ListenResponse.pb(response)):
                     yield
         finally:
             ended.set()
-            if self._call is not None:
-                self._call.cancel()
+            call.cancel()
 
-    def _requests(self, ended: threading.Event) -> Iterator[ListenRequest]:
+    async def _requests(
+        self, database: str, ended: asyncio.Event
+    ) -> AsyncIterator[ListenRequest]:
         yield ListenRequest(
-            database=self._database,
+            database=database,
             add_target=Target(
                 target_id=_TARGET_ID,
                 resume_token=self._resume_token,
                 query=Target.QueryTarget(
-                    parent=f"{self._database}/documents",
+                    parent=f"{database}/documents",
                     structured_query=self._query,
                 ),
             ),
         )
         # The request side stays open for as long as the stream runs.
-        ended.wait()
+        await ended.wait()
 
     def _handle(self, response: Any) -> bool:
         """Take in one response; True if it completed a snapshot."""
@@ -227,3 +212,10 @@ class ListenStream:
         # Handed over even when nothing changed: it confirms the rows are current.
         changes, reads = self._target.snapshot()
         self._on_snapshot(changes, reads, read_time)
+
+
+def _as_google_error(exc: Exception) -> Exception:
+    """gRPC's status as Google's exception classes name it."""
+    if isinstance(exc, grpc.RpcError):
+        return google_errors.from_grpc_error(exc)  # type: ignore[no-any-return,no-untyped-call]
+    return exc

