@@ -65,7 +65,7 @@ class KeyCollection:
         self.name = connection.settings.collection
         self.reads: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
-        self._commits = Commits(connection, f"{self.name}_writes")
+        self._commits = Commits(connection, f"{self.name}_writes", self.reads)
 
     async def open(self) -> None:
         """Connect (done by the first call otherwise)."""

@@ -13,6 +13,7 @@ week on: a Firestore TTL policy on that field (collection group
 """
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -62,11 +63,17 @@ class Commit:
 
 
 class Commits:
-    """Sends :class:`Commit` s over ``connection``; markers in ``markers``."""
+    """Sends :class:`Commit` s over ``connection``; markers in ``markers``.
 
-    def __init__(self, connection: Connection, markers: str) -> None:
+    A marker looked up after a refused commit counts in ``reads["marker"]``.
+    """
+
+    def __init__(
+        self, connection: Connection, markers: str, reads: Counter[str]
+    ) -> None:
         self._connection = connection
         self._markers = markers
+        self._reads = reads
 
     async def send(
         self, commit: Commit, *, expected: tuple[type[Exception], ...] = ()
@@ -121,4 +128,6 @@ class Commits:
             )
         except google_errors.NotFound:
             return None
+        finally:
+            self._reads["marker"] += 1
         return int(Document.pb(document).create_time.ToNanoseconds())

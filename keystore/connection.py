@@ -53,6 +53,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
+_CLOSE_GRACE = 1.0  # seconds
+_CLOSE_DRAIN = 0.05  # seconds
+
 #: Errors after which sending the same request again is safe: reads are, and
 #: every write keystore makes carries its own marker (commits.py). A deadline
 #: passed is one of them: the answer may have been lost after the write landed.
@@ -144,7 +147,12 @@ class Connection:
         """Close the channel; a later call opens a new one."""
         client, self._client = self._client, None
         if client is not None:
-            await client.transport.close()  # type: ignore[no-untyped-call]
+            # Calls still under way get a moment to end before they are
+            # cancelled; then gRPC gets one to hand the endings of cancelled
+            # calls to this loop, which they belong to, before it may close.
+            transport: Any = client.transport  # the asyncio gRPC one made here
+            await transport.grpc_channel.close(grace=_CLOSE_GRACE)
+            await asyncio.sleep(_CLOSE_DRAIN)
             self.channels_closed += 1
 
     async def call(
