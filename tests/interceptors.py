@@ -33,7 +33,9 @@ class _Recording:
 
     def record(self, details: Any, request: Any = None) -> None:
         method = _method(details).rpartition("/")[2]
-        self.calls.append(Call(method, dict(details.metadata or ()), request))
+        # Pairs, as iterating gives them (a Metadata's keys differ by version).
+        pairs = tuple(details.metadata or ())
+        self.calls.append(Call(method, dict(pairs), request))
 
 
 class _Record(_Recording, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
