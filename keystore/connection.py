@@ -206,10 +206,6 @@ class Connection:
             self.is_degraded = False
         return result
 
-    def failed(self, what: str, exc: BaseException) -> None:
-        """A call made outside :meth:`call` (the listener's stream) failed."""
-        self._failed(what, exc)
-
     def _failed(self, what: str, exc: BaseException) -> None:
         self._unavailable_until = self._timer() + self.settings.retry_after
         # One warning per outage, not one per failed call: an outage under
