@@ -12,6 +12,8 @@ from keystore.metrics import render
 
 #: The scope that GET /v1/reports asks for, to show how scopes work.
 REPORTS_SCOPE = "reports:read"
+#: What GET /v1/reports/full costs a key with credits, to show route costs.
+FULL_REPORT_COST = 5
 
 
 class Health(BaseModel):
@@ -33,6 +35,10 @@ class WhoAmI(BaseModel):
     name: str
     scopes: list[str]
     expires_at: datetime | None
+    owner: str | None
+    rate_limit: str | None
+    #: Credits left, as this instance knows them; None: no credit limit.
+    credits: int | None
 
 
 class Report(BaseModel):
@@ -45,6 +51,9 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
     router = APIRouter()
     CurrentKey = Annotated[ApiKey, Security(auth)]
     ReportsKey = Annotated[ApiKey, Security(auth, scopes=[REPORTS_SCOPE])]
+    FullReportKey = Annotated[
+        ApiKey, Security(auth.costing(FULL_REPORT_COST), scopes=[REPORTS_SCOPE])
+    ]
 
     @router.get("/healthz", tags=["ops"])
     async def healthz() -> Health:
@@ -79,12 +88,23 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
     async def whoami(key: CurrentKey) -> WhoAmI:
         """The calling key's id, name and scopes."""
         return WhoAmI(
-            id=key.id, name=key.name, scopes=list(key.scopes), expires_at=key.expires_at
+            id=key.id,
+            name=key.name,
+            scopes=list(key.scopes),
+            expires_at=key.expires_at,
+            owner=key.owner,
+            rate_limit=str(key.rate_limit) if key.rate_limit else None,
+            credits=key.credits_left,
         )
 
     @router.get("/v1/reports", tags=["v1"])
     async def reports(key: ReportsKey) -> Report:
         """Needs the scope ``reports:read``; other keys get 403."""
         return Report(key_id=key.id, report="All systems nominal.")
+
+    @router.get("/v1/reports/full", tags=["v1"])
+    async def full_report(key: FullReportKey) -> Report:
+        """Needs ``reports:read``; costs 5 credits of a key with credits."""
+        return Report(key_id=key.id, report="All systems nominal, in detail.")
 
     return router

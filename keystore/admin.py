@@ -12,10 +12,17 @@ from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, Security
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from keystore.dependency import ApiKeyAuth, unavailable
 from keystore.errors import InvalidRow, KeyNotFound, StoreUnavailable
+from keystore.limits import (
+    MAX_AMOUNT,
+    RateLimit,
+    Refill,
+    parse_rate_limit,
+    parse_refill,
+)
 from keystore.models import ApiKey, BrokenRow, NewKey
 from keystore.store import ApiKeyStore, get_store
 
@@ -28,6 +35,32 @@ T = TypeVar("T")
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Scope = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
 Scopes = Annotated[list[Scope], Field(max_length=50)]
+Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/]+$")]
+
+
+def _rate(text: str) -> str:
+    parse_rate_limit(text)  # ValueError: a 422 naming the field
+    return text
+
+
+def _refill(text: str) -> str:
+    parse_refill(text)
+    return text
+
+
+RateLimitText = Annotated[
+    str,
+    Field(max_length=40, examples=["100/1m"], description="N/PERIOD: 10s, 1m, 1h, 1d"),
+    AfterValidator(_rate),
+]
+RefillText = Annotated[
+    str,
+    Field(max_length=40, examples=["10000/month"], description="N/day or N/month"),
+    AfterValidator(_refill),
+]
+Credits = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
+#: The limit fields, as the admin API takes them.
+LIMIT_FIELDS = ("rate_limit", "credits", "refill")
 
 
 class _Body(BaseModel):
@@ -38,14 +71,23 @@ class KeyCreate(_Body):
     name: Name
     scopes: Scopes = []
     expires_at: datetime | None = None
+    owner: Owner | None = None
+    rate_limit: RateLimitText | None = None
+    #: Credits left now; with a refill, the balance until the next one.
+    credits: Credits | None = None
+    refill: RefillText | None = None
 
 
 class KeyUpdate(_Body):
     name: Name | None = None
     scopes: Scopes | None = None
     disabled: bool | None = None
-    #: null removes the expiry; leaving the field out keeps it.
+    #: null removes the expiry (or the owner, or a limit); left out, it stays.
     expires_at: datetime | None = None
+    owner: Owner | None = None
+    rate_limit: RateLimitText | None = None
+    credits: Credits | None = None
+    refill: RefillText | None = None
 
 
 class KeyRotate(_Body):
@@ -65,6 +107,11 @@ class KeyOut(BaseModel):
     last_used_at: datetime | None
     rotated_from: str | None
     rotated_to: str | None
+    owner: str | None
+    rate_limit: str | None
+    #: Credits left (as the row holds them: processes' leases included).
+    credits: int | None
+    refill: str | None
 
     @classmethod
     def of(cls, record: ApiKey) -> "KeyOut":
@@ -79,6 +126,10 @@ class KeyOut(BaseModel):
             last_used_at=record.last_used_at,
             rotated_from=record.rotated_from,
             rotated_to=record.rotated_to,
+            owner=record.owner,
+            rate_limit=str(record.rate_limit) if record.rate_limit else None,
+            credits=record.credits,
+            refill=str(record.refill) if record.refill else None,
         )
 
 
@@ -100,6 +151,7 @@ class KeyCreated(KeyOut):
 class DayUsage(BaseModel):
     day: str
     count: int
+    credits: int
 
 
 class UsageOut(BaseModel):
@@ -121,6 +173,53 @@ def _require_held(actor: ApiKey, scopes: list[str] | tuple[str, ...]) -> None:
         raise HTTPException(
             403, f"Cannot grant the scope '{missing[0]}': the calling key lacks it."
         )
+
+
+def _parsed_limits(changes: dict[str, object]) -> dict[str, object]:
+    """The limit fields of a body, parsed: ``100/1m`` to a RateLimit."""
+    limits: dict[str, object] = {}
+    for name in LIMIT_FIELDS:
+        if name in changes:
+            value = changes[name]
+            if name == "rate_limit" and isinstance(value, str):
+                value = parse_rate_limit(value)
+            elif name == "refill" and isinstance(value, str):
+                value = parse_refill(value)
+            limits[name] = value
+    return limits
+
+
+def _require_within(actor: ApiKey, limits: dict[str, object], *, new: bool) -> None:
+    """A limited caller cannot hand out more than it has itself."""
+
+    def refuse(what: str) -> HTTPException:
+        return HTTPException(
+            403, f"Cannot grant {what}: the calling key has a stricter limit."
+        )
+
+    if actor.rate_limit is not None and ("rate_limit" in limits or new):
+        rate = limits.get("rate_limit")
+        if not isinstance(rate, RateLimit):
+            raise refuse("a key without a rate limit")
+        if rate.per_second > actor.rate_limit.per_second:
+            raise refuse(f"the rate limit {rate}")
+    if actor.has_credit_limit:
+        if new and limits.get("credits") is None and limits.get("refill") is None:
+            raise refuse("a key without credits")
+        if "credits" in limits:
+            credits = limits["credits"]
+            if credits is None:
+                raise refuse("a key without credits")
+            if actor.credits is not None and int(str(credits)) > actor.credits:
+                raise refuse(f"{credits} credits")
+        if "refill" in limits:
+            refill = limits["refill"]
+            if not isinstance(refill, Refill) and refill is not None:
+                raise refuse("this refill")
+            if isinstance(refill, Refill) and (
+                actor.refill is None or refill.per_second() > actor.refill.per_second()
+            ):
+                raise refuse(f"the refill {refill}")
 
 
 def _audit(action: str, actor: ApiKey, target: str) -> None:
@@ -162,8 +261,14 @@ def build_admin_router(
     async def create_key(body: KeyCreate, actor: Admin, store: Store) -> KeyCreated:
         """Make a key; the response holds the plaintext key, shown this once."""
         _require_held(actor, body.scopes)
+        limits = _parsed_limits(body.model_dump())
+        _require_within(actor, limits, new=True)
         made = await store.create(
-            name=body.name, scopes=body.scopes, expires_at=body.expires_at
+            name=body.name,
+            scopes=body.scopes,
+            expires_at=body.expires_at,
+            owner=body.owner,
+            **limits,  # type: ignore[arg-type]
         )
         _audit("create", actor, made.record.id)
         return KeyCreated.made(made)
@@ -192,14 +297,21 @@ def build_admin_router(
     async def update_key(
         key_id: str, body: KeyUpdate, actor: Admin, store: Store
     ) -> KeyOut:
-        """Change name, scopes, disabled or expires_at; fields left out stay."""
+        """Change name, scopes, disabled, expires_at, owner or limits; fields
+        left out stay."""
         changes = body.model_dump(exclude_unset=True)
         if changes.get("scopes") is not None:
             _require_held(actor, changes["scopes"])
         for field in ("name", "scopes", "disabled"):
             if field in changes and changes[field] is None:
                 raise HTTPException(422, f"Field '{field}' cannot be null.")
+        limits = _parsed_limits(changes)
+        _require_within(actor, limits, new=False)
+        for name in LIMIT_FIELDS:
+            changes.pop(name, None)
         record = await _found(store.update(key_id, **changes))
+        if limits:
+            record = await _found(store.set_limits(key_id, **limits))
         _audit("update", actor, key_id)
         return KeyOut.of(record)
 
@@ -245,7 +357,10 @@ def build_admin_router(
             id=usage.key_id,
             total=usage.total,
             last_used_at=usage.last_used_at,
-            days=[DayUsage(day=day, count=count) for day, count in usage.days],
+            days=[
+                DayUsage(day=day, count=count, credits=credits)
+                for day, count, credits in usage.days
+            ],
         )
 
     return router

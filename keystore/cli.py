@@ -1,4 +1,4 @@
-"""The ``keystore`` command: make, list, change, rotate and revoke keys.
+"""The ``keystore`` command: make, list, change, limit, rotate and revoke keys.
 
 Settings come from the environment and .env, as for the app, with the same
 Firestore deadline, so a command never hangs. Errors are one line on stderr and
@@ -25,6 +25,14 @@ from keystore.keys import (
     new_key,
     parse_key_id,
 )
+from keystore.ledger import LimitView
+from keystore.limits import (
+    MAX_AMOUNT,
+    RateLimit,
+    Refill,
+    parse_rate_limit,
+    parse_refill,
+)
 from keystore.models import ApiKey, BrokenRow, NewKey, Usage
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore
@@ -46,6 +54,28 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _rate_limit(text: str) -> RateLimit:
+    try:
+        return parse_rate_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _refill(text: str) -> Refill:
+    try:
+        return parse_refill(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _credits(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a number of credits (0 to {MAX_AMOUNT})"
+        )
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="keystore", description="Manage API keys kept in Firestore.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,15 +94,44 @@ def _parser() -> argparse.ArgumentParser:
             "--expires-in", type=_duration, help="lifetime, like 30d or 12h"
         )
 
+    def limits(sub: Any) -> None:
+        sub.add_argument(
+            "--rate-limit",
+            type=_rate_limit,
+            metavar="N/PERIOD",
+            help="at most N requests per fixed window, like 100/1m (10s, 1h, 1d)",
+        )
+        sub.add_argument("--credits", type=_credits, help="credits left now")
+        sub.add_argument(
+            "--refill",
+            type=_refill,
+            metavar="N/PERIOD",
+            help="set the credits back to N each UTC day or month: N/day, N/month",
+        )
+
     create = command("create", "make a key and print it once")
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--scope", action="append", default=[], help="repeatable")
+    create.add_argument("--owner", help="the owner whose limits also apply")
     expiry(create)
+    limits(create)
 
     listing = command("list", "list keys (never the keys or their hashes)")
     listing.add_argument("--disabled", action="store_true", help="disabled keys only")
     listing.add_argument("--expired", action="store_true", help="expired keys only")
     listing.add_argument("--scope", help="keys with this scope only")
+    listing.add_argument("--owner", help="keys of this owner only")
+
+    set_limits = command("set-limits", "change the limits of a key or an owner")
+    set_limits.add_argument("id", nargs="?", help="the key id (or use --owner)")
+    set_limits.add_argument("--owner", help="change this owner's limits instead")
+    limits(set_limits)
+    set_limits.add_argument(
+        "--no-rate-limit", action="store_true", help="remove the rate limit"
+    )
+    set_limits.add_argument(
+        "--no-refill", action="store_true", help="remove the refill"
+    )
 
     key_id(command("show", "show one key"))
     key_id(command("revoke", "delete a key's row: the key stops working"))
@@ -130,6 +189,46 @@ def _iso(moment: datetime | None) -> str | None:
 def _describe(row: Row) -> dict[str, Any]:
     if isinstance(row, BrokenRow):
         return {"id": row.id, "broken": f"field '{row.field}': {row.problem}"}
+    limits = {
+        "owner": row.owner,
+        "rate_limit": str(row.rate_limit) if row.rate_limit else None,
+        "credits": row.credits,
+        "refill": str(row.refill) if row.refill else None,
+    }
+    return {**_fields(row), **limits}
+
+
+def _limits(view: LimitView) -> dict[str, Any]:
+    return {
+        "rate_limit": str(view.rate_limit) if view.rate_limit else None,
+        "rate_used": view.rate_used,
+        "credits": view.credits,
+        "credits_held": view.held,
+        "credits_stranded": view.stranded,
+        "refill": str(view.refill) if view.refill else None,
+        "next_refill": _iso(view.next_refill),
+    }
+
+
+def _limits_text(view: LimitView) -> list[tuple[str, str]]:
+    now = utcnow()
+    pairs = []
+    if view.rate_limit:
+        pairs.append(
+            ("rate limit", f"{view.rate_limit} ({view.rate_used} used this window)")
+        )
+    if view.credits is not None:
+        held = f", {view.held} held by running processes" if view.held else ""
+        pairs.append(("credits", f"{view.credits} left{held}"))
+    if view.stranded:
+        pairs.append(("stranded", f"{view.stranded} (held by stopped processes)"))
+    if view.refill:
+        when = f"{relative(view.next_refill, now)} ({_iso(view.next_refill)})"
+        pairs.append(("refill", f"{view.refill}, next {when}"))
+    return pairs
+
+
+def _fields(row: ApiKey) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -183,7 +282,7 @@ def _list_table(rows: Sequence[Row]) -> str:
     return _table(("ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "STATUS"), lines)
 
 
-def _details(row: Row) -> str:
+def _details(row: Row, view: LimitView | None = None) -> str:
     now = utcnow()
     if isinstance(row, BrokenRow):
         return f"id      {row.id}\nstatus  {_status(row, now)}"
@@ -199,6 +298,8 @@ def _details(row: Row) -> str:
     ]
     pairs += [("rotated from", row.rotated_from)] if row.rotated_from else []
     pairs += [("rotated to", row.rotated_to)] if row.rotated_to else []
+    pairs += [("owner", row.owner)] if row.owner else []
+    pairs += _limits_text(view) if view else []
     return "\n".join(f"{name:<13}{value}" for name, value in pairs)
 
 
@@ -209,7 +310,8 @@ def _usage_text(usage: Usage) -> str:
     )
     if not usage.days:
         return head
-    return head + "\n" + _table(("DAY", "USES"), [[d, str(n)] for d, n in usage.days])
+    lines = [[d, str(n), str(c)] for d, n, c in usage.days]
+    return head + "\n" + _table(("DAY", "USES", "CREDITS"), lines)
 
 
 def _print_new(made: NewKey, as_json: bool, verb: str) -> None:
@@ -264,7 +366,9 @@ def _hash(args: argparse.Namespace, settings: Settings) -> None:
         f"collection with the id {key_id} and the field hash (string):",
         out["hash"],
         "Optional fields: name (string), scopes (array of strings), "
-        "disabled (boolean), expires_at (timestamp).",
+        "disabled (boolean), expires_at (timestamp); limits: rate_limit and "
+        "rate_window_seconds (integers), credits (integer), refill_amount "
+        "(integer) and refill_interval ('day' or 'month'), owner (string).",
     ]
     if made:
         text += ["The new key, shown this once; store it now:", key]
@@ -280,17 +384,30 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     async with ApiKeyStore(replace(settings, usage_flush_interval=0)) as store:
         if command == "create":
             made = await store.create(
-                name=args.name, scopes=args.scope, expires_at=_expires_at(args)
+                name=args.name,
+                scopes=args.scope,
+                expires_at=_expires_at(args),
+                owner=args.owner,
+                rate_limit=args.rate_limit,
+                credits=args.credits,
+                refill=args.refill,
             )
             _print_new(made, args.json, "Created")
         elif command == "list":
             rows = await store.list_keys(
-                disabled=args.disabled, expired=args.expired, scope=args.scope
+                disabled=args.disabled,
+                expired=args.expired,
+                scope=args.scope,
+                owner=args.owner,
             )
             _print([_describe(row) for row in rows], args.json, _list_table(rows))
         elif command == "show":
             row = await store.get(args.id)
-            _print(_describe(row), args.json, _details(row))
+            view = await store.limits(args.id) if isinstance(row, ApiKey) else None
+            value = {**_describe(row), **(_limits(view) if view else {})}
+            _print(value, args.json, _details(row, view))
+        elif command == "set-limits":
+            await _set_limits(store, args)
         elif command in ("disable", "enable"):
             record = await store.update(args.id, disabled=command == "disable")
             _print(
@@ -324,7 +441,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                 "id": usage.key_id,
                 "total": usage.total,
                 "last_used_at": _iso(usage.last_used_at),
-                "days": [{"day": day, "count": count} for day, count in usage.days],
+                "days": [
+                    {"day": day, "count": count, "credits": credits}
+                    for day, count, credits in usage.days
+                ],
             }
             _print(value, args.json, _usage_text(usage))
         elif command == "import":
@@ -354,6 +474,29 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                     "that are not of keystore's format."
                 )
             _print(value, args.json, text)
+
+
+async def _set_limits(store: ApiKeyStore, args: argparse.Namespace) -> None:
+    if (args.id is None) == (args.owner is None):
+        raise ValueError("Name a key id or an --owner, not both.")
+    changes: dict[str, Any] = {}
+    if args.rate_limit or args.no_rate_limit:
+        changes["rate_limit"] = args.rate_limit
+    if args.refill or args.no_refill:
+        changes["refill"] = args.refill
+    if args.credits is not None:
+        changes["credits"] = args.credits
+    if not changes:
+        raise ValueError("Nothing to change: give --rate-limit, --credits or --refill.")
+    if args.owner is not None:
+        view = await store.set_owner_limits(args.owner, **changes)
+        text = "\n".join(f"{n:<13}{v}" for n, v in _limits_text(view)) or "no limits"
+        _print({"owner": args.owner, **_limits(view)}, args.json, text)
+        return
+    await store.set_limits(args.id, **changes)
+    view = await store.limits(args.id)
+    record = await store.get(args.id)
+    _print({**_describe(record), **_limits(view)}, args.json, _details(record, view))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

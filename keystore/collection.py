@@ -115,8 +115,9 @@ class KeyCollection:
         ]
         return Listing(rows, read_time)
 
-    async def usage_days(self, key_id: str, days: int) -> list[tuple[str, int]]:
-        """The last ``days`` day documents of a key, newest first: (day, count)."""
+    async def usage_days(self, key_id: str, days: int) -> list[tuple[str, int, int]]:
+        """The last ``days`` day documents of a key, newest first: (day, uses,
+        credits spent)."""
         await self.connection.ensure_open()
         query = StructuredQuery(
             from_=[
@@ -136,9 +137,8 @@ class KeyCollection:
         self.reads["admin"] += max(1, len(documents))
         rows = [decode_fields(document.fields) for document in documents]
         return [
-            (str(row.get("day", "")), row["count"])
+            (str(row.get("day", "")), _count(row, "count"), _count(row, "credits"))
             for row in rows
-            if type(row.get("count")) is int
         ]
 
     async def _query(
@@ -234,9 +234,10 @@ class KeyCollection:
         return at
 
     async def add_usage(
-        self, key_id: str, day: str, count: int, *, write_id: str
+        self, key_id: str, day: str, count: int, credits: int = 0, *, write_id: str
     ) -> None:
-        """Add ``count`` uses on ``day`` to a row and its day document, atomically.
+        """Add ``count`` uses and ``credits`` spent on ``day`` to a row and its
+        day document, atomically.
 
         Increments are applied by Firestore, so any number of processes may add
         at once; sent again with the same ``write_id``, it changes nothing more.
@@ -244,13 +245,19 @@ class KeyCollection:
         """
         await self.connection.ensure_open()
         increment = Value(integer_value=count)
+        row_transforms = [
+            _transform("usage_count", increment=increment),
+            _transform("last_used_at", set_to_server_value=_REQUEST_TIME),
+        ]
+        day_transforms = [_transform("count", increment=increment)]
+        if credits:
+            spent = Value(integer_value=credits)
+            row_transforms.append(_transform("credits_spent", increment=spent))
+            day_transforms.append(_transform("credits", increment=spent))
         row = Write(
             update=Document(name=self._path(key_id)),
             update_mask=DocumentMask(field_paths=[]),
-            update_transforms=[
-                _transform("usage_count", increment=increment),
-                _transform("last_used_at", set_to_server_value=_REQUEST_TIME),
-            ],
+            update_transforms=row_transforms,
             current_document=Precondition(exists=True),
         )
         day_document = Write(
@@ -259,7 +266,7 @@ class KeyCollection:
                 fields=encode_fields({"day": day}),
             ),
             update_mask=DocumentMask(field_paths=["day"]),
-            update_transforms=[_transform("count", increment=increment)],
+            update_transforms=day_transforms,
         )
         commit = Commit([row, day_document], f"usage write of key {key_id}", write_id)
         try:
@@ -289,6 +296,11 @@ class KeyCollection:
             update_mask=DocumentMask(field_paths=list(fields)),
             current_document=Precondition(exists=True),
         )
+
+
+def _count(row: Row, name: str) -> int:
+    value = row.get(name)
+    return value if type(value) is int else 0
 
 
 def _transform(field_path: str, **change: Any) -> DocumentTransform.FieldTransform:

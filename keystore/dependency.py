@@ -1,17 +1,21 @@
 """The FastAPI dependency: a request's API key in, its ApiKey record out.
 
 This is the only module that speaks HTTP: 401 with ``WWW-Authenticate`` for a
-missing or unusable key, 403 for a missing scope, 503 with ``Retry-After`` when
-the store cannot answer.
+missing or unusable key, 403 for a missing scope, 429 with ``Retry-After`` when
+a usage limit refuses, 503 with ``Retry-After`` when the store cannot answer.
+Responses to a key with a rate limit carry the ``RateLimit-Policy`` and
+``RateLimit`` headers (draft-ietf-httpapi-ratelimit-headers).
 """
 
-from fastapi import HTTPException, Request
+import copy
+
+from fastapi import HTTPException, Request, Response
 from fastapi.openapi.models import APIKey as APIKeyScheme
 from fastapi.openapi.models import APIKeyIn
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
-from keystore.errors import KeyRejected, StoreBusy, StoreUnavailable
+from keystore.errors import KeyRejected, LimitExceeded, StoreBusy, StoreUnavailable
 from keystore.models import ApiKey
 from keystore.settings import Settings
 from keystore.store import get_store
@@ -35,6 +39,8 @@ def unavailable(retry_after: int, *, busy: bool = False) -> HTTPException:
 class ApiKeyAuth(SecurityBase):
     """Use as ``Security(auth, scopes=[...])``; returns the caller's ApiKey.
 
+    A request spends ``cost`` credits of a key with credits (``costing(n)``
+    makes the same dependency at another cost; 0 verifies without spending).
     With ``auto_error=False`` a request without a key gets None instead of 401;
     a key that is present but not valid is still refused.
     """
@@ -46,7 +52,11 @@ class ApiKeyAuth(SecurityBase):
         query_param: str | None = None,
         auto_error: bool = True,
         scheme_name: str = "ApiKey",
+        cost: int = 1,
     ) -> None:
+        if cost < 0:
+            raise ValueError("A route's cost must not be negative.")
+        self.cost = cost
         self.header = header
         self.query_param = query_param
         self.auto_error = auto_error
@@ -70,8 +80,16 @@ class ApiKeyAuth(SecurityBase):
             auto_error=auto_error,
         )
 
+    def costing(self, cost: int) -> "ApiKeyAuth":
+        """This dependency at ``cost`` credits per request."""
+        other = copy.copy(self)
+        if cost < 0:
+            raise ValueError("A route's cost must not be negative.")
+        other.cost = cost
+        return other
+
     async def __call__(
-        self, request: Request, security_scopes: SecurityScopes
+        self, request: Request, response: Response, security_scopes: SecurityScopes
     ) -> ApiKey | None:
         key = self._presented_key(request)
         if key is None:
@@ -89,6 +107,21 @@ class ApiKeyAuth(SecurityBase):
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
                 raise HTTPException(403, f"API key lacks the scope '{scope}'.")
+        if not record.has_limits:
+            return record
+        try:
+            await store.spend(record, self.cost)
+        except LimitExceeded as exc:
+            headers = store.limiter.headers(record)
+            if exc.retry_after is not None:
+                headers["Retry-After"] = str(exc.retry_after)
+            raise HTTPException(429, exc.reason, headers=headers) from None
+        except KeyRejected as exc:
+            raise _unauthorized(exc.reason) from None
+        except StoreUnavailable:
+            raise unavailable(store.settings.retry_after) from None
+        if record.rate_limit is not None or record.owner is not None:
+            response.headers.update(store.limiter.headers(record))
         return record
 
     def _presented_key(self, request: Request) -> str | None:

@@ -8,6 +8,9 @@
     │   ├── KeyDisabled     the row has `disabled: true`
     │   └── KeyExpired      the row's `expires_at` has passed
     ├── InvalidRow          a row edited into a shape keystore cannot read
+    ├── LimitExceeded       a usage limit refuses the request (HTTP 429)
+    │   ├── RateLimited     the rate limit's window is used up
+    │   └── CreditsExhausted no credits left
     └── StoreUnavailable    Firestore did not answer within the deadline (HTTP 503)
         └── StoreBusy       too many lookups at once; this one was not sent (503)
 
@@ -76,3 +79,29 @@ class StoreUnavailable(KeyStoreError):
 
 class StoreBusy(StoreUnavailable):
     """Too many keys not held in memory at once: this one was not looked up."""
+
+
+class LimitExceeded(KeyStoreError):
+    """A usage limit refuses the request."""
+
+    reason = "Usage limit exceeded."
+    cause = "limit"
+
+    def __init__(self, retry_after: int | None) -> None:
+        super().__init__(self.reason)
+        #: Seconds until a request would pass; None if no time will tell.
+        self.retry_after = retry_after
+
+
+class RateLimited(LimitExceeded):
+    """The rate limit's current window has no requests left."""
+
+    reason = "Rate limit exceeded."
+    cause = "rate"
+
+
+class CreditsExhausted(LimitExceeded):
+    """No credits left (until the next refill, if there is one)."""
+
+    reason = "Usage credits exhausted."
+    cause = "credits"

@@ -54,6 +54,13 @@ def render(store: "ApiKeyStore") -> str:
         f'keystore_checks_total{{outcome="{o}"}} {n}'
         for o, n in sorted(store.checks.items())
     ]
+    limiter = store.limiter
+    name = "keystore_limit_refusals_total"
+    lines += _family(name, "counter", "Requests refused by a usage limit, by cause.")
+    lines += [
+        f'{name}{{cause="{cause}"}} {limiter.refused[cause]}'
+        for cause in ("credits", "rate")
+    ]
     name = "keystore_background_restarts_total"
     lines += _family(
         name, "counter", "Background tasks restarted after an unexpected error."
@@ -86,6 +93,24 @@ def render(store: "ApiKeyStore") -> str:
             "gauge",
             "1 once checks can be answered.",
             int(store.is_ready),
+        ),
+        (
+            "keystore_credits_spent_total",
+            "counter",
+            "Credits spent by requests let through.",
+            limiter.credits_spent,
+        ),
+        (
+            "keystore_limit_checks_total",
+            "counter",
+            "Requests checked against usage limits.",
+            limiter.checks,
+        ),
+        (
+            "keystore_limit_waits_total",
+            "counter",
+            "Of those, requests that waited for a lease from Firestore.",
+            limiter.waits,
         ),
         (
             "keystore_usage_pending",

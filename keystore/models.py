@@ -12,6 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from keystore.errors import InvalidRow
+from keystore.limits import (
+    MAX_AMOUNT,
+    REFILL_INTERVALS,
+    RateLimit,
+    Refill,
+)
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -33,6 +39,42 @@ class ApiKey:
     last_used_at: datetime | None = None
     rotated_from: str | None = None
     rotated_to: str | None = None
+    #: Whose key this is; an owner's limits apply to all its keys (``api_owners``).
+    owner: str | None = None
+    rate_limit: RateLimit | None = None
+    #: Credits left, None for no credit limit. As read from the row, this
+    #: counts what processes hold; a route handler sees this process's estimate.
+    credits: int | None = None
+    refill: Refill | None = None
+    #: True if any limit (the key's or its owner's) can apply: read per request.
+    has_limits: bool = field(default=False, init=False, repr=False, compare=False)
+    #: keystore's own: this process's allowances of the key and its owner
+    #: (limiter.py), bound to the record on its first limited request.
+    allowances: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limited = (
+            self.owner is not None
+            or self.rate_limit is not None
+            or self.credits is not None
+            or self.refill is not None
+        )
+        object.__setattr__(self, "has_limits", limited)
+
+    @property
+    def has_credit_limit(self) -> bool:
+        return self.credits is not None or self.refill is not None
+
+    @property
+    def credits_left(self) -> int | None:
+        """Credits left, as this process knows them now (None: no credit limit).
+
+        The row's figure until the key's first limited request here; then what
+        the last lease found, less what this process spent since."""
+        for allowance in self.allowances or ():
+            if allowance.name == "key" and allowance.has_credits:
+                return max(0, int(allowance.credits_left))
+        return self.credits
 
     def is_expired(self, now: datetime) -> bool:
         """True once ``expires_at`` has passed."""
@@ -55,7 +97,21 @@ class ApiKey:
             "last_used_at": self.last_used_at,
             "rotated_from": self.rotated_from,
             "rotated_to": self.rotated_to,
+            **limit_fields(self),
         }
+
+
+def limit_fields(record: "ApiKey") -> dict[str, Any]:
+    """The limit fields of a row (key or owner) as Firestore holds them."""
+    rate, refill = record.rate_limit, record.refill
+    fields: dict[str, Any] = {"owner": record.owner, "credits": record.credits}
+    if rate is not None:
+        fields["rate_limit"] = rate.limit
+        fields["rate_window_seconds"] = rate.window_seconds
+    if refill is not None:
+        fields["refill_amount"] = refill.amount
+        fields["refill_interval"] = refill.interval
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +157,63 @@ def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
         created_at=_typed(key_id, row, "created_at", datetime, None),
         hash=stored_hash.lower(),
         **_informational(row),
+        **parse_limits(key_id, row),
+    )
+
+
+def _int(key_id: str, row: Mapping[str, Any], name: str, low: int) -> int | None:
+    value = row.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or not low <= value <= MAX_AMOUNT:
+        raise InvalidRow(
+            key_id, name, f"expected an integer from {low} to {MAX_AMOUNT}"
+        )
+    return value
+
+
+def parse_limits(key_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits of a key row or an owner document; InvalidRow if unreadable."""
+    limit = _int(key_id, row, "rate_limit", 1)
+    window = _int(key_id, row, "rate_window_seconds", 1)
+    if (limit is None) != (window is None):
+        raise InvalidRow(
+            key_id, "rate_limit", "set both rate_limit and rate_window_seconds"
+        )
+    amount = _int(key_id, row, "refill_amount", 0)
+    interval = row.get("refill_interval")
+    if (amount is None) != (interval is None):
+        raise InvalidRow(
+            key_id, "refill_amount", "set both refill_amount and refill_interval"
+        )
+    if interval is not None and interval not in REFILL_INTERVALS:
+        raise InvalidRow(key_id, "refill_interval", "expected 'day' or 'month'")
+    owner = row.get("owner")
+    if owner is not None and (not isinstance(owner, str) or not owner):
+        raise InvalidRow(key_id, "owner", "expected a non-empty string")
+    try:
+        rate = RateLimit(limit, window) if limit and window else None
+    except ValueError as exc:
+        raise InvalidRow(key_id, "rate_window_seconds", str(exc)) from None
+    credits = _int(key_id, row, "credits", 0)
+    if credits is not None:
+        credits += held_credits(row.get("leases"))
+    return {
+        "owner": owner,
+        "rate_limit": rate,
+        "credits": credits,
+        "refill": Refill(amount, interval) if amount is not None else None,  # type: ignore[arg-type]
+    }
+
+
+def held_credits(leases: Any) -> int:
+    """Credits the processes hold under their leases (a hand-broken map: 0)."""
+    if not isinstance(leases, Mapping):
+        return 0
+    return sum(
+        entry["credits"]
+        for entry in leases.values()
+        if isinstance(entry, Mapping) and type(entry.get("credits")) is int
     )
 
 
@@ -135,8 +248,8 @@ class Usage:
     key_id: str
     total: int
     last_used_at: datetime | None
-    #: (YYYY-MM-DD, count), newest first.
-    days: list[tuple[str, int]]
+    #: (YYYY-MM-DD, uses, credits spent), newest first.
+    days: list[tuple[str, int, int]]
 
 
 @dataclass(frozen=True, slots=True)

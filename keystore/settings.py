@@ -69,6 +69,14 @@ class Settings:
     watchdog_interval: float = 10.0
     #: KEYSTORE_LOAD_TIMEOUT: deadline of one full load of the collection, seconds.
     load_timeout: float = 60.0
+    #: KEYSTORE_OWNERS_COLLECTION: one document per owner, with its limits.
+    owners_collection: str = "api_owners"
+    #: KEYSTORE_LEASE_SECONDS: a process takes this many seconds of its own
+    #: recent use of a limit per lease (longer: fewer writes, more held).
+    lease_seconds: float = 10.0
+    #: KEYSTORE_LEASE_EXPIRY: a lease not renewed for this long is taken to be
+    #: a stopped process's, and its credits recorded as stranded, seconds.
+    lease_expiry: float = 600.0
     #: KEYSTORE_LOG_FORMAT: json (Cloud Logging) or text; json by default on
     #: Cloud Run, where K_SERVICE is set.
     log_format: Literal["json", "text"] = "text"
@@ -88,6 +96,8 @@ class Settings:
             "resync_interval",
             "watchdog_interval",
             "load_timeout",
+            "lease_seconds",
+            "lease_expiry",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Setting '{name}' must be greater than 0.")
@@ -148,6 +158,11 @@ class Settings:
                 "KEYSTORE_WATCHDOG_INTERVAL", float, d.watchdog_interval
             ),
             load_timeout=get("KEYSTORE_LOAD_TIMEOUT", float, d.load_timeout),
+            owners_collection=get(
+                "KEYSTORE_OWNERS_COLLECTION", str, d.owners_collection
+            ),
+            lease_seconds=get("KEYSTORE_LEASE_SECONDS", float, d.lease_seconds),
+            lease_expiry=get("KEYSTORE_LEASE_EXPIRY", float, d.lease_expiry),
             log_format=get(
                 "KEYSTORE_LOG_FORMAT",
                 log_format,

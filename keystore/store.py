@@ -8,9 +8,10 @@ uses are counted off the request path (``usage.py``).
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,9 @@ from keystore.keys import (
     new_key_id,
     parse_key_id,
 )
+from keystore.ledger import Ledger, LimitView, describe, limit_changes
+from keystore.limiter import Limiter
+from keystore.limits import RateLimit, Refill
 from keystore.metrics import Histogram
 from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage, parse_row
 from keystore.settings import Settings
@@ -46,8 +50,10 @@ from keystore.sources import make_source
 from keystore.times import utcnow
 from keystore.usage import UsageCounter
 
+logger = logging.getLogger(__name__)
+
 #: Fields that ``update`` may change.
-EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at"})
+EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at", "owner"})
 
 
 class ApiKeyStore:
@@ -80,6 +86,23 @@ class ApiKeyStore:
         self.check_latency = Histogram()
         self._usage = UsageCounter(self._rows)
         self._flusher = Background(self._flush_forever, name="usage flusher")
+        ledger = Ledger(
+            self.connection,
+            reads=self._rows.reads,
+            writes=self._rows.writes,
+            lease_expiry=settings.lease_expiry,
+        )
+        #: Rate limits and credits, answered from leases held in memory.
+        self.limiter = Limiter(
+            ledger,
+            keys=settings.collection,
+            owners=settings.owners_collection,
+            lease_seconds=settings.lease_seconds,
+            lease_expiry=settings.lease_expiry,
+            retry_after=settings.retry_after,
+            recheck_seconds=min(settings.cache_ttl, 5.0),
+            wall=time.time if clock is utcnow else lambda: clock().timestamp(),
+        )
 
     @property
     def reads(self) -> Counter[str]:
@@ -99,7 +122,7 @@ class ApiKeyStore:
     @property
     def background_restarts(self) -> dict[str, int]:
         """Restarts of each background task after an unexpected error."""
-        tasks = (self._flusher, *self.source.background)
+        tasks = (self._flusher, self.limiter.sweeper, *self.source.background)
         return {task.name: task.restarts for task in tasks}
 
     @property
@@ -120,12 +143,19 @@ class ApiKeyStore:
         await self.source.start()
         if self.settings.usage_flush_interval:
             self._flusher.start()
+        self.limiter.sweeper.start()
 
     async def aclose(self) -> None:
-        """Write pending usage counts, then close the Firestore client."""
+        """Give back what the leases hold unspent, write pending usage counts,
+        then close the Firestore client."""
         await self._flusher.stop()
+        await self.limiter.sweeper.stop()
+        if await self.limiter.give_back():
+            # What was held stays stranded (see limiter.py), and is recorded
+            # as such once the lease expires.
+            logger.warning("Leases could not be given back: Firestore unreachable.")
         await self.source.stop()
-        if len(self._usage):
+        if len(self._usage) or self.limiter.credits_spent:
             await self.flush_usage()
         await self._rows.aclose()
 
@@ -165,6 +195,14 @@ class ApiKeyStore:
         finally:
             self.checks[outcome] += 1
             self.check_latency.observe(time.perf_counter() - started)
+
+    async def spend(self, record: ApiKey, cost: int = 1) -> None:
+        """Let one request of a verified key through its limits (and its
+        owner's) at ``cost`` credits: RateLimited, CreditsExhausted, or
+        StoreUnavailable if credits are needed and Firestore cannot lease them.
+        The key's ``credits_left`` tells what is left after."""
+        if record.has_limits:
+            await self.limiter.spend(record, cost)
 
     async def get_api_key(self, key: str) -> ApiKey | None:
         """The key's record if the key is valid now, else None."""
@@ -208,12 +246,28 @@ class ApiKeyStore:
         name: str,
         scopes: Iterable[str] = (),
         expires_at: datetime | None = None,
+        owner: str | None = None,
+        rate_limit: RateLimit | None = None,
+        credits: int | None = None,
+        refill: Refill | None = None,
     ) -> NewKey:
-        """Make a key, store its hash, and return it; the plaintext is not kept."""
+        """Make a key, store its hash, and return it; the plaintext is not kept.
+
+        ``credits`` is the balance now; a ``refill`` replaces it at the start of
+        each period (without ``credits``, the first refill applies at once)."""
         made = self._new(name=name, scopes=scopes, expires_at=expires_at)
-        at = await self._rows.commit(
-            {made.record.id: made.record.to_row()}, {}, cause="admin"
+        record = replace(
+            made.record,
+            owner=owner,
+            rate_limit=rate_limit,
+            credits=credits,
+            refill=refill,
         )
+        made = NewKey(record=record, key=made.key)
+        row = record.to_row()
+        if refill is not None and credits is not None:
+            row["refilled_for"] = refill.period(self._clock())
+        at = await self._rows.commit({record.id: row}, {}, cause="admin")
         self.source.remember(made.record.id, made.record, at)
         return made
 
@@ -240,12 +294,13 @@ class ApiKeyStore:
         disabled: bool = False,
         expired: bool = False,
         scope: str | None = None,
+        owner: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
         """Rows, oldest first; with a filter, only the readable rows that match."""
         listing = await self._rows.all(cause="list")
         rows = [_read(key_id, row) for key_id, row in listing.rows]
         now = self._clock()
-        if disabled or expired or scope:
+        if disabled or expired or scope or owner:
             rows = [
                 row
                 for row in rows
@@ -253,6 +308,7 @@ class ApiKeyStore:
                 and (not disabled or row.disabled)
                 and (not expired or row.is_expired(now))
                 and (not scope or scope in row.scopes)
+                and (not owner or row.owner == owner)
             ]
         epoch = datetime.min.replace(tzinfo=now.tzinfo)
         return sorted(
@@ -279,6 +335,52 @@ class ApiKeyStore:
         self.source.remember(key_id, record, at)
         return record
 
+    async def set_limits(self, key_id: str, **limits: Any) -> ApiKey:
+        """Set or remove (None) a key's ``rate_limit``, ``credits`` (left) and
+        ``refill``; limits not named stay as they are."""
+        if not key_id or "/" in key_id:
+            raise KeyNotFound(f"No key with id '{key_id}'.")
+
+        def changes(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+            if doc is None:
+                raise KeyNotFound(f"No key with id '{key_id}'.")
+            return limit_changes(doc, self._clock(), **limits)
+
+        row, at = await self.limiter.ledger.change(
+            self.settings.collection, key_id, changes, cause="admin"
+        )
+        record = _read(key_id, row)
+        if isinstance(record, BrokenRow):
+            self.source.remember(key_id, None, at)
+            raise InvalidRow(record.id, record.field, record.problem)
+        self.source.remember(key_id, record, at)
+        return record
+
+    async def set_owner_limits(self, owner: str, **limits: Any) -> LimitView:
+        """Set or remove an owner's limits (its document is made if need be)."""
+        _check_owner(owner)
+        doc, _ = await self.limiter.ledger.change(
+            self.settings.owners_collection,
+            owner,
+            lambda doc: limit_changes(doc or {}, self._clock(), **limits),
+            cause="admin",
+        )
+        return describe(owner, doc, self._clock())
+
+    async def limits(self, key_id: str) -> LimitView:
+        """Where a key's limits and credits stand now."""
+        record = await self._readable(key_id)
+        row = await self._rows.get(record.id, cause="admin")
+        return describe(key_id, row or {}, self._clock())
+
+    async def owner_limits(self, owner: str) -> LimitView | None:
+        """Where an owner's limits and credits stand; None if it has none."""
+        _check_owner(owner)
+        doc = await self.limiter.ledger.read(
+            self.settings.owners_collection, owner, cause="admin"
+        )
+        return None if doc is None else describe(owner, doc, self._clock())
+
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
         at = await self._rows.delete(key_id, cause="admin")
@@ -291,19 +393,37 @@ class ApiKeyStore:
         grace: timedelta,
         expires_at: datetime | None = None,
     ) -> NewKey:
-        """A new key with the old one's name and scopes; the old key stays valid
-        for ``grace``, then expires by itself. Both rows are written atomically."""
+        """A new key with the old one's name, scopes, owner and limits; the old
+        key stays valid for ``grace``, then expires by itself. The credits not
+        held by a process move to the new key. Both rows are written atomically."""
         old = await self._readable(key_id)
+        raw = await self._rows.get(key_id, cause="admin") or {}
+        pool = raw.get("credits") if old.has_credit_limit else None
         made = self._new(
             name=old.name, scopes=old.scopes, expires_at=expires_at, rotated_from=old.id
         )
+        record = replace(
+            made.record,
+            owner=old.owner,
+            rate_limit=old.rate_limit,
+            credits=pool,
+            refill=old.refill,
+        )
+        made = NewKey(record=record, key=made.key)
+        row = record.to_row()
+        if raw.get("refilled_for") is not None:
+            row["refilled_for"] = raw["refilled_for"]
         old_until = self._clock() + grace
         if old.expires_at is not None:
             old_until = min(old_until, old.expires_at)
+        old_changes: dict[str, Any] = {
+            "expires_at": old_until,
+            "rotated_to": record.id,
+        }
+        if pool is not None:
+            old_changes["credits"] = 0
         at = await self._rows.commit(
-            {made.record.id: made.record.to_row()},
-            {old.id: {"expires_at": old_until, "rotated_to": made.record.id}},
-            cause="admin",
+            {record.id: row}, {old.id: old_changes}, cause="admin"
         )
         self.source.remember(made.record.id, made.record, at)
         self.source.remember(
@@ -360,6 +480,8 @@ class ApiKeyStore:
 
     async def flush_usage(self) -> int:
         """Write the usage counts gathered so far; return the uses written."""
+        for (key_id, day), credits in self.limiter.take_spent().items():
+            self._usage.add_credits(key_id, credits, day)
         return await self._usage.flush()
 
     def _new(
@@ -414,6 +536,11 @@ class ApiKeyStore:
             # An outage keeps the counts for the next flush (usage.py); any
             # other error is for the supervisor.
             await self.flush_usage()
+
+
+def _check_owner(owner: str) -> None:
+    if not owner or "/" in owner or len(owner) > 200:
+        raise ValueError("An owner is 1 to 200 characters, without '/'.")
 
 
 def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:

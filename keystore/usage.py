@@ -1,6 +1,7 @@
 """Usage counts gathered in memory, off the request path, and flushed in batches.
 
-A check adds one to a dict entry; a background task writes the sums to Firestore
+A check adds one to a dict entry (and a request that spends credits, its
+cost to another); a background task writes the sums to Firestore
 as atomic increments, at most once per key and day per flush interval, and once
 more on shutdown. A crash loses at most one interval of counts. A write that
 failed is sent again at the next flush as it was, under the same marker
@@ -42,8 +43,9 @@ class UsageCounter:
     ) -> None:
         self._collection = collection
         self._pending: Counter[tuple[str, int]] = Counter()
+        self._credits: Counter[tuple[str, int]] = Counter()
         # Writes that failed, by write id: sent again as they were.
-        self._unsent: dict[str, tuple[str, int, int]] = {}
+        self._unsent: dict[str, tuple[str, int, int, int]] = {}
         self._max_pending = max_pending
         self._wall_clock = wall_clock
         self._flushing = asyncio.Lock()
@@ -54,7 +56,7 @@ class UsageCounter:
         self.full = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._unsent)
+        return len(self._pending.keys() | self._credits.keys()) + len(self._unsent)
 
     def add(self, key_id: str) -> None:
         """Count one use of ``key_id`` now; no I/O."""
@@ -62,34 +64,41 @@ class UsageCounter:
         if len(self._pending) >= self._max_pending:
             self.full.set()
 
+    def add_credits(self, key_id: str, credits: int, day: int) -> None:
+        """Count ``credits`` spent by ``key_id`` on ``day`` (days since the
+        epoch, UTC); no I/O."""
+        self._credits[key_id, day] += credits
+
     async def flush(self) -> int:
         """Write what is pending; return the number of uses written."""
         async with self._flushing:
             batch, self._pending = self._pending, Counter()
+            credits, self._credits = self._credits, Counter()
             self.full.clear()
             writes = dict(self._unsent)
-            writes.update(
-                (new_write_id(), (key_id, day, n)) for (key_id, day), n in batch.items()
-            )
+            for key_day in batch.keys() | credits.keys():
+                writes[new_write_id()] = (*key_day, batch[key_day], credits[key_day])
             results = await asyncio.gather(
                 *(self._write(write_id, *write) for write_id, write in writes.items())
             )
             return sum(results)
 
-    async def _write(self, write_id: str, key_id: str, day: int, count: int) -> int:
+    async def _write(
+        self, write_id: str, key_id: str, day: int, count: int, credits: int
+    ) -> int:
         try:
             async with self._slots:
                 await self._collection.add_usage(
-                    key_id, day_name(day), count, write_id=write_id
+                    key_id, day_name(day), count, credits, write_id=write_id
                 )
         except KeyNotFound:
             self._unsent.pop(write_id, None)
             return 0  # revoked since: its uses have no row to go to
         except StoreUnavailable:
-            self._unsent[write_id] = (key_id, day, count)  # sent again, as it is
+            self._unsent[write_id] = (key_id, day, count, credits)  # sent as it is
             return 0
         except Exception:
-            self._unsent[write_id] = (key_id, day, count)  # kept, whatever failed
+            self._unsent[write_id] = (key_id, day, count, credits)  # kept
             raise
         self._unsent.pop(write_id, None)
         return count

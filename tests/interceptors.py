@@ -90,13 +90,15 @@ class _Lost(grpc.aio.AioRpcError):  # type: ignore[misc]
 
 @dataclass
 class LoseAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Lets the first ``count`` calls of ``method`` reach Firestore and take
-    effect, then loses their answers: dropped (UNAVAILABLE) or, with
+    """Lets the first ``count`` calls of ``method`` (after ``skip`` more) reach
+    Firestore and take effect, then loses their answers: dropped (UNAVAILABLE) or, with
     ``delay``, late past the deadline (DEADLINE_EXCEEDED after ``delay`` s)."""
 
     method: str = "Commit"
     count: int = 1
     delay: float = 0.0
+    #: Calls of ``method`` let through untouched before the first lost one.
+    skip: int = 0
     lost: int = 0
     #: Called with each answer that got lost, once it has landed.
     on_lost: Callable[[], None] = lambda: None
@@ -105,10 +107,12 @@ class LoseAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         self, continuation: Any, details: Any, request: Any
     ) -> Any:
         call = await continuation(details, request)
-        if (
-            _method(details).rpartition("/")[2] != self.method
-            or self.lost >= self.count
-        ):
+        if _method(details).rpartition("/")[2] != self.method:
+            return call
+        if self.skip > 0:
+            self.skip -= 1
+            return call
+        if self.lost >= self.count:
             return call
         await call  # the answer arrived: the call took effect
         self.lost += 1

@@ -38,6 +38,9 @@ async def test_whoami_with_a_valid_key(client: httpx.AsyncClient) -> None:
         "name": "billing",
         "scopes": ["a", "b"],
         "expires_at": None,
+        "owner": None,
+        "rate_limit": None,
+        "credits": None,
     }
 
 
@@ -152,7 +155,7 @@ async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
         "sync": "ttl",
         "keys_in_memory": 0,
         "index_age_seconds": None,
-        "background_restarts": {"usage flusher": 0},
+        "background_restarts": {"usage flusher": 0, "lease sweeper": 0},
     }
     key = await make_key()
     for headers in ({"x-api-key": key}, {"x-api-key": "bad"}, {}):

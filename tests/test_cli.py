@@ -50,6 +50,10 @@ def test_create_prints_the_key_once_and_stores_its_hash(
         "last_used_at",
         "rotated_from",
         "rotated_to",
+        "owner",
+        "rate_limit",
+        "credits",
+        "refill",
     }
     assert (made["name"], made["scopes"], made["expires_at"]) == ("ci", ["a"], None)
     client = firestore.Client(project=settings.project)
@@ -301,3 +305,54 @@ def test_usage_shows_totals_and_days(capsys: pytest.CaptureFixture[str]) -> None
     }
     code, out, _ = run(capsys, "usage", made["id"])
     assert out == f"{made['id']}: 0 uses, last never\n"
+
+
+def test_limits_from_create_to_show_set_limits_and_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(
+        capsys,
+        "create",
+        "--name",
+        "acme",
+        "--rate-limit",
+        "100/1m",
+        "--credits",
+        "10000",
+        "--refill",
+        "10000/month",
+        "--owner",
+        "acme-inc",
+        "--json",
+    )
+    assert code == 0, err
+    made = json.loads(out)
+    assert (made["rate_limit"], made["credits"], made["refill"], made["owner"]) == (
+        "100/1m",
+        10000,
+        "10000/month",
+        "acme-inc",
+    )
+    code, out, err = run(capsys, "show", made["id"], "--json")
+    shown = json.loads(out)
+    assert shown["credits"] == 10000 and shown["next_refill"].endswith("+00:00")
+    code, out, err = run(capsys, "show", made["id"])
+    assert "100/1m" in out and "10000 left" in out and "next in" in out
+    code, out, err = run(
+        capsys, "set-limits", made["id"], "--no-rate-limit", "--credits", "7", "--json"
+    )
+    assert code == 0, err
+    assert (json.loads(out)["rate_limit"], json.loads(out)["credits"]) == (None, 7)
+    code, out, err = run(capsys, "set-limits", "--owner", "acme-inc", "--credits", "50")
+    assert code == 0 and "50 left" in out, err
+    code, out, err = run(capsys, "list", "--owner", "acme-inc", "--json")
+    assert [row["id"] for row in json.loads(out)] == [made["id"]]
+    code, out, err = run(capsys, "list", "--owner", "nobody", "--json")
+    assert json.loads(out) == []
+    code, out, err = run(capsys, "usage", made["id"])
+    assert code == 0, err
+    with pytest.raises(SystemExit) as exited:
+        run(capsys, "create", "--name", "x", "--rate-limit", "lots")
+    assert exited.value.code == 2 and "not a rate limit" in capsys.readouterr().err
+    code, out, err = run(capsys, "set-limits", made["id"])
+    assert code == 1 and "Nothing to change" in err

@@ -58,7 +58,7 @@ async def test_usage_whose_answer_is_lost_is_counted_once(settings: Settings) ->
         assert await store.flush_usage() == 7
         assert lose.lost == 1
         usage = await store.usage(made.record.id)
-    assert usage.total == 7 and [n for _, n in usage.days] == [7]
+    assert usage.total == 7 and [n for _, n, _ in usage.days] == [7]
 
 
 async def test_usage_sent_again_at_the_next_flush_is_counted_once(
@@ -82,7 +82,7 @@ async def test_usage_sent_again_at_the_next_flush_is_counted_once(
         assert store.usage_pending == 0
         usage = await store.usage(made.record.id)
     assert lose.lost == 1
-    assert usage.total == 6 and [n for _, n in usage.days] == [6]
+    assert usage.total == 6 and [n for _, n, _ in usage.days] == [6]
 
 
 async def test_a_real_conflict_is_still_one(store: ApiKeyStore) -> None:

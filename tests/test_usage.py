@@ -32,7 +32,7 @@ async def test_uses_are_flushed_as_one_write_per_key_and_day(
     assert store.writes["usage"] == 6
     usage = await store.usage(made.record.id)
     assert usage.total == 7 and usage.last_used_at is not None
-    assert [count for _, count in usage.days] == [7]
+    assert [count for _, count, _ in usage.days] == [7]
     assert await store.flush_usage() == 0  # nothing new, nothing written
     assert store.writes["usage"] == 6
 
@@ -115,7 +115,7 @@ async def test_two_processes_count_exactly(
     async with ApiKeyStore(settings) as store:
         usage = await store.usage(made.record.id)
     assert usage.total == 120
-    assert [count for _, count in usage.days] == [120]
+    assert [count for _, count, _ in usage.days] == [120]
 
 
 async def test_no_plaintext_key_in_any_document_or_log(
