@@ -142,10 +142,15 @@ cmd_serve() {
   fi
   echo
   echo "A demo key with the scope reports:read (shown this once):"
-  "$VENV/bin/keystore" create --name demo --scope reports:read
+  # A just-started emulator can take seconds over its first write.
+  KEYSTORE_TIMEOUT=${KEYSTORE_TIMEOUT:-15} "$VENV/bin/keystore" create --name demo --scope reports:read
   echo
   echo "Try:  curl ${tls:+-k }-H 'x-api-key: <the key above>' $scheme://127.0.0.1:$port/v1/whoami"
   echo "Docs: $scheme://127.0.0.1:$port/docs    Ctrl-C stops the server and the emulator."
+  echo
+  echo "To use the keystore command on this emulator and project, paste in a second terminal:"
+  echo "  export FIRESTORE_EMULATOR_HOST=$FIRESTORE_EMULATOR_HOST GOOGLE_CLOUD_PROJECT=$GOOGLE_CLOUD_PROJECT"
+  echo "  source $VENV/bin/activate && keystore list"
   echo
   "$VENV/bin/uvicorn" api.main:app --host 127.0.0.1 --port "$port" "${tls[@]}"
 }

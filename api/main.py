@@ -1,6 +1,7 @@
 """The ASGI app: ``uvicorn api.main:app``; settings from the environment and .env."""
 
 import gc
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from api.routes import build_router
 from keystore import (
     ApiKeyAuth,
+    ConfigError,
     Settings,
     __version__,
     build_admin_router,
@@ -50,7 +52,12 @@ def create_app(settings: Settings) -> FastAPI:
 @cache
 def _app_from_env() -> FastAPI:
     load_env_file()
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        # One line, no traceback: the setting, its value and what is allowed.
+        print(f"keystore: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     configure_logging(settings)
     return create_app(settings)
 

@@ -4,11 +4,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Response, Security
-from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
-from keystore import ApiKey, ApiKeyAuth, get_store
-from keystore.metrics import render
+from keystore import ApiKey, ApiKeyAuth, KeystoreCollector, get_store
 
 #: The scope that GET /v1/reports asks for, to show how scopes work.
 REPORTS_SCOPE = "reports:read"
@@ -77,12 +76,13 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
             response.status_code = 503
         return ready
 
-    @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
+    registry = CollectorRegistry()
+    registry.register(KeystoreCollector())
+
+    @router.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
         """Counters in the Prometheus text format."""
-        return PlainTextResponse(
-            render(get_store()), media_type="text/plain; version=0.0.4"
-        )
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/whoami", tags=["v1"])
     async def whoami(key: CurrentKey) -> WhoAmI:

@@ -14,6 +14,7 @@ from keystore.errors import (
     StoreUnavailable,
 )
 from keystore.keys import hash_key, key_pattern
+from keystore.metrics import KeystoreCollector
 from keystore.models import ApiKey, BrokenRow, NewKey
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore, get_store, reset_store
@@ -32,6 +33,7 @@ __all__ = [
     "KeyNotFound",
     "KeyRejected",
     "KeyStoreError",
+    "KeystoreCollector",
     "MalformedKey",
     "NewKey",
     "Settings",

@@ -13,7 +13,6 @@ import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
@@ -381,7 +380,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         _hash(args, settings)
         return
     # Counting uses is the service's job; the CLI only manages rows.
-    async with ApiKeyStore(replace(settings, usage_flush_interval=0)) as store:
+    async with ApiKeyStore(
+        settings.model_copy(update={"usage_flush_interval": 0})
+    ) as store:
         if command == "create":
             made = await store.create(
                 name=args.name,

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 from google.api_core import exceptions as google_errors
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.types import (
+    BatchGetDocumentsRequest,
+    BatchGetDocumentsResponse,
     Document,
     DocumentMask,
     DocumentTransform,
@@ -97,6 +99,37 @@ class KeyCollection:
         if document is None:
             return None
         return decode_fields(Document.pb(document).fields)
+
+    async def get_many(
+        self, key_ids: list[str], *, cause: str
+    ) -> dict[str, Row | None]:
+        """Several rows in one BatchGetDocuments call: each id's row, or None.
+        Firestore bills a read per document asked for, found or not."""
+        connection = self.connection
+        await connection.ensure_open()
+        request = BatchGetDocumentsRequest(
+            database=connection.database,
+            documents=[self._path(key_id) for key_id in key_ids],
+        )
+
+        async def read(client: FirestoreAsyncClient) -> dict[str, Row | None]:
+            found: dict[str, Row | None] = dict.fromkeys(key_ids)
+            stream = await client.batch_get_documents(
+                request=request,
+                retry=None,
+                timeout=connection.attempt_timeout,
+                metadata=connection.metadata,
+            )
+            async for message in stream:
+                answer = BatchGetDocumentsResponse.pb(message)
+                if answer.HasField("found"):
+                    key_id = answer.found.name.rpartition("/")[2]
+                    found[key_id] = decode_fields(answer.found.fields)
+            return found
+
+        rows = await connection.call(f"read of {len(key_ids)} keys", read)
+        self.reads[cause] += len(key_ids)
+        return rows
 
     async def all(self, *, cause: str, timeout: float | None = None) -> Listing:
         """Every row, and the time the rows are as of."""

@@ -1,8 +1,25 @@
-"""Counters of the store, in the Prometheus text format (served at /metrics)."""
+"""The store's counters as a prometheus_client collector.
+
+Register it in the registry an app already exposes, in one line::
+
+    prometheus_client.REGISTRY.register(keystore.KeystoreCollector())
+
+It reads the counters the store keeps anyway at each scrape, so the request
+path does no more work for it. The check latency histogram stays keystore's
+own (``Histogram``): a bisect and two additions per check.
+"""
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from keystore.store import ApiKeyStore
@@ -13,7 +30,7 @@ BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5
 
 
 class Histogram:
-    """Counts of observations per bucket, cumulative on output."""
+    """Counts of observations per bucket (not cumulative), and their sum."""
 
     def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
         self.buckets = buckets
@@ -28,108 +45,122 @@ class Histogram:
     def count(self) -> int:
         return sum(self.counts)
 
-    def lines(self, name: str) -> Iterable[str]:
-        total = 0
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(upper bound, observations at or under it), ending with +Inf."""
+        total, found = 0, []
         for bound, count in zip(self.buckets, self.counts, strict=False):
             total += count
-            yield f'{name}_bucket{{le="{bound:g}"}} {total}'
-        yield f'{name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{name}_sum {self.sum:.9f}"
-        yield f"{name}_count {self.count}"
+            found.append((f"{bound:g}", float(total)))
+        return [*found, ("+Inf", float(self.count))]
 
 
-def _family(name: str, kind: str, text: str) -> list[str]:
-    return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+def _current_store() -> "ApiKeyStore":
+    from keystore.store import get_store
+
+    return get_store()
 
 
-def render(store: "ApiKeyStore") -> str:
-    """The store's metrics as Prometheus text exposition (version 0.0.4)."""
-    lines: list[str] = []
-    for direction, counter in (("reads", store.reads), ("writes", store.writes)):
-        name = f"keystore_firestore_{direction}_total"
-        lines += _family(name, "counter", f"Firestore documents {direction}, by cause.")
-        lines += [f'{name}{{cause="{c}"}} {n}' for c, n in sorted(counter.items())]
-    lines += _family("keystore_checks_total", "counter", "Key checks, by outcome.")
-    lines += [
-        f'keystore_checks_total{{outcome="{o}"}} {n}'
-        for o, n in sorted(store.checks.items())
-    ]
-    limiter = store.limiter
-    name = "keystore_limit_refusals_total"
-    lines += _family(name, "counter", "Requests refused by a usage limit, by cause.")
-    lines += [
-        f'{name}{{cause="{cause}"}} {limiter.refused[cause]}'
-        for cause in ("credits", "rate")
-    ]
-    name = "keystore_background_restarts_total"
-    lines += _family(
-        name, "counter", "Background tasks restarted after an unexpected error."
-    )
-    lines += [
-        f'{name}{{task="{task}"}} {n}'
-        for task, n in sorted(store.background_restarts.items())
-    ]
-    lines += _family(
-        "keystore_check_duration_seconds", "histogram", "Time to check one key."
-    )
-    lines += store.check_latency.lines("keystore_check_duration_seconds")
-    source = store.source
-    gauges: list[tuple[str, str, str, float]] = [
-        (
-            "keystore_cache_hits_total",
-            "counter",
-            "Checks answered from memory.",
-            source.hits,
-        ),
-        (
-            "keystore_cache_misses_total",
-            "counter",
-            "Checks that read Firestore.",
-            source.misses,
-        ),
-        ("keystore_keys_in_memory", "gauge", "Rows held in memory.", len(source)),
-        (
-            "keystore_ready",
-            "gauge",
-            "1 once checks can be answered.",
-            int(store.is_ready),
-        ),
-        (
-            "keystore_credits_spent_total",
-            "counter",
-            "Credits spent by requests let through.",
-            limiter.credits_spent,
-        ),
-        (
-            "keystore_limit_checks_total",
-            "counter",
-            "Requests checked against usage limits.",
-            limiter.checks,
-        ),
-        (
-            "keystore_limit_waits_total",
-            "counter",
-            "Of those, requests that waited for a lease from Firestore.",
-            limiter.waits,
-        ),
-        (
-            "keystore_usage_pending",
-            "gauge",
-            "Key-days of uses not yet written.",
-            store.usage_pending,
-        ),
-    ]
-    age = source.age()
-    if age is not None:
-        gauges.append(
-            (
-                "keystore_index_age_seconds",
-                "gauge",
-                "Seconds since the keys in memory were last confirmed current.",
-                round(age, 3),
-            )
+class KeystoreCollector(Collector):
+    """keystore's metrics for a prometheus_client registry.
+
+    ``store`` gives the store to read (default: the process-wide one, looked
+    up at each scrape, so the collector may be registered before it exists).
+    """
+
+    def __init__(self, store: Callable[[], "ApiKeyStore"] = _current_store) -> None:
+        self._store = store
+
+    def describe(self) -> list[Metric]:
+        # Nothing up front: registering must not look up the store.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._store()
+        yield from _by_label(
+            "keystore_firestore_reads",
+            "Firestore documents reads, by cause.",
+            "cause",
+            store.reads.items(),
         )
-    for name, kind, text, value in gauges:
-        lines += _family(name, kind, text)
-        lines.append(f"{name} {value}")
-    return "\n".join(lines) + "\n"
+        yield from _by_label(
+            "keystore_firestore_writes",
+            "Firestore documents writes, by cause.",
+            "cause",
+            store.writes.items(),
+        )
+        yield from _by_label(
+            "keystore_checks",
+            "Key checks, by outcome.",
+            "outcome",
+            store.checks.items(),
+        )
+        limiter = store.limiter
+        yield from _by_label(
+            "keystore_limit_refusals",
+            "Requests refused by a usage limit, by cause.",
+            "cause",
+            ((cause, limiter.refused[cause]) for cause in ("credits", "rate")),
+        )
+        yield from _by_label(
+            "keystore_background_restarts",
+            "Background tasks restarted after an unexpected error.",
+            "task",
+            store.background_restarts.items(),
+        )
+        latency = store.check_latency
+        yield HistogramMetricFamily(
+            "keystore_check_duration_seconds",
+            "Time to check one key.",
+            buckets=latency.cumulative(),
+            sum_value=latency.sum,
+        )
+        source = store.source
+        for name, text, value in (
+            ("keystore_cache_hits", "Checks answered from memory.", source.hits),
+            ("keystore_cache_misses", "Checks that read Firestore.", source.misses),
+            (
+                "keystore_credits_spent",
+                "Credits spent by requests let through.",
+                limiter.credits_spent,
+            ),
+            (
+                "keystore_limit_checks",
+                "Requests checked against usage limits.",
+                limiter.checks,
+            ),
+            (
+                "keystore_limit_waits",
+                "Of those, requests that waited for a lease from Firestore.",
+                limiter.waits,
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+        gauges: list[tuple[str, str, float]] = [
+            ("keystore_keys_in_memory", "Rows held in memory.", len(source)),
+            ("keystore_ready", "1 once checks can be answered.", int(store.is_ready)),
+            (
+                "keystore_usage_pending",
+                "Key-days of uses not yet written.",
+                store.usage_pending,
+            ),
+        ]
+        age = source.age()
+        if age is not None:
+            gauges.append(
+                (
+                    "keystore_index_age_seconds",
+                    "Seconds since the keys in memory were last confirmed current.",
+                    round(age, 3),
+                )
+            )
+        for name, text, level in gauges:
+            yield GaugeMetricFamily(name, text, value=level)
+
+
+def _by_label(
+    name: str, text: str, label: str, values: Iterable[tuple[str, int]]
+) -> Iterator[Metric]:
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value_label, value in sorted(values):
+        family.add_metric([value_label], value)
+    yield family

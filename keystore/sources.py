@@ -11,7 +11,6 @@ Each gives the store the same answers for the same rows.
 """
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from keystore.collection import KeyCollection
 from keystore.errors import StoreBusy
 from keystore.index import ReloadSource, read_row
 from keystore.listener import ListenSource
+from keystore.lookups import Lookups
 from keystore.models import ApiKey
 from keystore.settings import Settings
 
@@ -113,8 +113,8 @@ class TtlSource:
             timer=timer,
             stale_first=lambda: rows.connection.is_degraded,
         )
-        # Real time even where tests pass a fake timer: this limits a real rate.
-        self._budget = ReadBudget(settings.max_lookups_per_second, time.monotonic)
+        self._budget = ReadBudget(settings.max_lookups_per_second, timer)
+        self._lookups = Lookups(rows)
 
     @property
     def hits(self) -> int:
@@ -161,7 +161,7 @@ class TtlSource:
             # Not an outage: Firestore is not asked, so nothing trips.
             raise StoreBusy("Too many keys to look up at once; retry shortly.")
         logger.debug("Cache miss for key %s.", key_id)
-        return read_row(key_id, await self._rows.get(key_id, cause="check"))
+        return read_row(key_id, await self._lookups.get(key_id))
 
 
 def make_source(

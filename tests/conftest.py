@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
 from fastapi import FastAPI
 
@@ -22,6 +23,12 @@ from keystore import ApiKeyStore, Settings, reset_store
 from tests.interceptors import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis: "ci" (the default) runs the same few hundred examples on every
+# run; HYPOTHESIS_PROFILE=thorough runs 10,000 new ones per test (README).
+hypothesis.settings.register_profile("ci", max_examples=300, derandomize=True)
+hypothesis.settings.register_profile("thorough", max_examples=10_000)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 PROJECT = "demo-keystore"
 
 
@@ -183,7 +190,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def make_settings(settings: Settings) -> Callable[..., Settings]:
     """This test's settings with some fields changed."""
-    return lambda **changes: replace(settings, **changes)
+    return lambda **changes: settings.model_copy(update=changes)
 
 
 def free_port() -> int:

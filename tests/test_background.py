@@ -3,7 +3,6 @@
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -53,7 +52,7 @@ async def test_a_failed_reload_is_logged_restarted_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(IndexSource, "replace", fail(1, IndexSource.replace))
-    async with ApiKeyStore(replace(settings, sync="reload")) as store:
+    async with ApiKeyStore(settings.model_copy(update={"sync": "reload"})) as store:
         await until(lambda: store.is_ready)
         assert store.background_restarts["key reload"] == 1
     (error,) = errors(caplog)
@@ -70,7 +69,7 @@ async def test_a_failed_listener_is_logged_and_restarted_afresh(
         made = await writer.create(name="n")
     # The first snapshot cannot be read, in a way the stream did not foresee.
     monkeypatch.setattr(ListenedResult, "snapshot", fail(1, ListenedResult.snapshot))
-    async with ApiKeyStore(replace(settings, sync="listen")) as store:
+    async with ApiKeyStore(settings.model_copy(update={"sync": "listen"})) as store:
         await until(lambda: store.is_ready)
         assert await store.does_api_key_exist(made.key)
         assert store.background_restarts["key listener"] == 1
@@ -84,7 +83,9 @@ async def test_a_failed_flush_keeps_its_counts_and_restarts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(UsageCounter, "flush", fail(1, UsageCounter.flush))
-    async with ApiKeyStore(replace(settings, usage_flush_interval=0.05)) as store:
+    async with ApiKeyStore(
+        settings.model_copy(update={"usage_flush_interval": 0.05})
+    ) as store:
         made = await store.create(name="n")
         assert await store.does_api_key_exist(made.key)
         await until(lambda: store.writes["usage"] > 0)  # written, at last
@@ -98,7 +99,9 @@ async def test_readyz_fails_once_the_rows_are_too_old_to_trust(
 ) -> None:
     # Every load after the first fails: the rows age until they are not trusted
     # (reload_interval + stale_if_error: 0.3 s here).
-    settings = replace(settings, sync="reload", reload_interval=0.1, stale_if_error=0.2)
+    settings = settings.model_copy(
+        update={"sync": "reload", "reload_interval": 0.1, "stale_if_error": 0.2}
+    )
     try:
         async with serve(create_app(settings)) as client:
             store = get_store()
@@ -115,7 +118,7 @@ async def test_readyz_fails_once_the_rows_are_too_old_to_trust(
             assert r.json()["background_restarts"]["key reload"] >= 1
             metrics = (await client.get("/metrics")).text
             assert 'keystore_background_restarts_total{task="key reload"}' in metrics
-            assert "keystore_ready 0" in metrics.splitlines()
+            assert "keystore_ready 0.0" in metrics.splitlines()
     finally:
         await reset_store()
 

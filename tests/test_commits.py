@@ -4,8 +4,6 @@ The interceptor lets the commit reach the emulator and take effect, then loses
 its answer; keystore sends it again (at once, or at the next flush).
 """
 
-from dataclasses import replace
-
 import pytest
 
 from keystore import ApiKeyStore, KeyNotFound, Settings, StoreUnavailable
@@ -67,7 +65,7 @@ async def test_usage_sent_again_at_the_next_flush_is_counted_once(
     # The answer comes after the whole call's deadline: the flush fails and
     # keeps the write as it was; the next flush sends it again, under the same
     # marker, beside a write of its own for the uses counted since.
-    settings = replace(settings, timeout=1.0, retry_after=1)
+    settings = settings.model_copy(update={"timeout": 1.0, "retry_after": 1})
     lose = LoseAnswers(delay=1.5)
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n")
@@ -96,12 +94,12 @@ async def test_an_outage_before_the_commit_changes_nothing(
     settings: Settings,
 ) -> None:
     # Nothing listens here: the write never reached Firestore, and says so.
-    store = ApiKeyStore(replace(settings, timeout=0.5))
+    store = ApiKeyStore(settings.model_copy(update={"timeout": 0.5}))
     async with store:
         made = await store.create(name="n")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
-        async with ApiKeyStore(replace(settings, timeout=0.5)) as down:
+        async with ApiKeyStore(settings.model_copy(update={"timeout": 0.5})) as down:
             with pytest.raises(StoreUnavailable):
                 await down.revoke(made.record.id)
     async with ApiKeyStore(settings) as store:

@@ -3,7 +3,6 @@
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from urllib.parse import unquote
 
 import grpc
@@ -34,7 +33,8 @@ async def keystore_calls(settings: Settings) -> list[Call]:
     recorder = Recorder()
     for sync in ("ttl", "reload", "listen"):
         async with ApiKeyStore(
-            replace(settings, sync=sync), interceptors=recorder.interceptors
+            settings.model_copy(update={"sync": sync}),
+            interceptors=recorder.interceptors,
         ) as store:
             await wait_for_ready(store)
             made = await store.create(name="n")
@@ -60,6 +60,10 @@ async def sdk_metadata(emulator: Emulator, call: Call) -> dict[str, str]:
             await client.get_document(request=call.request, retry=None)
         elif call.method == "RunQuery":
             async for _ in await client.run_query(request=call.request, retry=None):
+                pass
+        elif call.method == "BatchGetDocuments":
+            stream = await client.batch_get_documents(request=call.request, retry=None)
+            async for _ in stream:
                 pass
         elif call.method == "Commit":
             # Sent again: its marker's precondition fails, and nothing changes.
@@ -91,8 +95,9 @@ async def sdk_metadata(emulator: Emulator, call: Call) -> dict[str, str]:
 async def test_every_call_is_routed_as_the_sdk_routes_it(
     settings: Settings, emulator: Emulator, database: str
 ) -> None:
-    ours = await keystore_calls(replace(settings, database=database))
+    ours = await keystore_calls(settings.model_copy(update={"database": database}))
     assert {call.method for call in ours} == {
+        "BatchGetDocuments",
         "GetDocument",
         "RunQuery",
         "Commit",
@@ -114,7 +119,7 @@ async def test_aclose_closes_every_channel_opened(
     settings: Settings, sync: SyncMode
 ) -> None:
     threads = threading.active_count()
-    store = ApiKeyStore(replace(settings, sync=sync))
+    store = ApiKeyStore(settings.model_copy(update={"sync": sync}))
     await store.open()
     await wait_for_ready(store)
     made = await store.create(name="n")

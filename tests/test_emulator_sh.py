@@ -1,5 +1,6 @@
 """emulator.sh: what it says when the emulator or Java is missing, and its lifecycle."""
 
+import json
 import os
 import re
 import signal
@@ -76,7 +77,14 @@ def test_serve_https_runs_the_demo_end_to_end(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
+    seen: list[str] = []
     try:
+        assert process.stdout is not None
+        # The lines to paste in a second terminal come before the server.
+        while not any(line.startswith("  export ") for line in seen):
+            line = process.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
         base = f"https://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         while True:
@@ -86,9 +94,25 @@ def test_serve_https_runs_the_demo_end_to_end(tmp_path: Path) -> None:
             except httpx.TransportError:
                 assert process.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
+        # Pasted as a new user would, with nothing else of ours set: the
+        # command sees the same emulator and project, and the demo key.
+        pasted = next(line for line in seen if line.startswith("  export "))
+        names = dict(pair.split("=", 1) for pair in pasted.split()[1:])
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYSTORE_")}
+        clean.pop("GOOGLE_CLOUD_PROJECT", None)
+        listed = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "keystore"), "list", "--json"],
+            env={**clean, **names},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert [row["name"] for row in json.loads(listed.stdout)] == ["demo"]
     finally:
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
-        output = process.communicate(timeout=60)[0]
+        output = "".join(seen) + process.communicate(timeout=60)[0]
     keys = re.findall(key_pattern("ks"), output)
     assert len(keys) == 1  # printed once
     assert "Firestore emulator stopped" in output

@@ -15,6 +15,7 @@ def test_all_is_sorted_and_complete() -> None:
         "KeyNotFound",
         "KeyRejected",
         "KeyStoreError",
+        "KeystoreCollector",
         "MalformedKey",
         "NewKey",
         "Settings",

@@ -2,7 +2,6 @@
 the listen mode, leases gone idle. Exactness holds through all of them."""
 
 import asyncio
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -32,7 +31,7 @@ async def test_an_outage_spends_what_is_held_then_503s_and_recovers_exactly(
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", credits=100)
-    fast = replace(settings, timeout=0.5, retry_after=1)
+    fast = settings.model_copy(update={"timeout": 0.5, "retry_after": 1})
     async with ApiKeyStore(fast) as store:
         accepted = await _spend_all(store, made.key, 10)
         emulator.pause()
@@ -87,7 +86,7 @@ async def test_a_refill_is_applied_once_by_racing_processes(settings: Settings) 
 async def test_credits_added_by_hand_take_effect_in_about_a_second_when_listening(
     settings: Settings,
 ) -> None:
-    listening = replace(settings, sync="listen")
+    listening = settings.model_copy(update={"sync": "listen"})
     async with ApiKeyStore(listening) as store:
         async with asyncio.timeout(5):
             while not store.is_ready:
@@ -110,7 +109,7 @@ async def test_credits_added_by_hand_take_effect_in_about_a_second_when_listenin
 async def test_an_idle_lease_goes_back_by_itself(
     settings: Settings, timer: Timer
 ) -> None:
-    quick = replace(settings, lease_seconds=0.1)
+    quick = settings.model_copy(update={"lease_seconds": 0.1})
     async with ApiKeyStore(quick, timer=timer) as store:
         made = await store.create(name="n", credits=1000)
         timer.tick(1)

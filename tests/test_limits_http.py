@@ -2,7 +2,6 @@
 headers, route costs, the order of checks, and the admin API's limit fields."""
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -77,7 +76,7 @@ async def test_a_key_without_limits_gets_no_limit_headers(
 async def test_credits_not_held_in_an_outage_are_a_503(
     settings: Settings, emulator: Emulator
 ) -> None:
-    app = create_app(replace(settings, timeout=0.5, retry_after=2))
+    app = create_app(settings.model_copy(update={"timeout": 0.5, "retry_after": 2}))
     try:
         async with serve(app) as client:
             credits = await _key(credits=100)

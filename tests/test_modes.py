@@ -4,7 +4,6 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,8 +36,14 @@ async def mode_store(
     request: pytest.FixtureRequest, settings: Settings, timer: Timer
 ) -> AsyncIterator[ApiKeyStore]:
     # Intervals far beyond a test: only catch_up() below moves reload and ttl on.
-    mode_settings = replace(
-        settings, sync=request.param, reload_interval=3600, watchdog_interval=0.2
+    mode_settings = settings.model_copy(
+        update={
+            "sync": request.param,
+            "reload_interval": 3600,
+            "watchdog_interval": 0.2,
+            # The fake clock stands still: a read budget would never refill.
+            "max_lookups_per_second": 0,
+        }
     )
     async with ApiKeyStore(mode_settings, timer=timer) as store:
         await wait_for(lambda: ready(store))
@@ -91,7 +96,7 @@ async def console(settings: Settings, key_id: str, **fields: Any) -> None:
 
 async def elsewhere(settings: Settings) -> ApiKeyStore:
     """Another process's store: its changes reach ``mode_store`` only by its mode."""
-    return ApiKeyStore(replace(settings, sync="ttl"))
+    return ApiKeyStore(settings.model_copy(update={"sync": "ttl"}))
 
 
 async def test_key_made_here_works_at_once(mode_store: ApiKeyStore) -> None:
@@ -159,7 +164,7 @@ async def test_a_view_read_before_a_change_made_here_does_not_undo_it(
     # A load, or a listener's snapshot, read before this process revoked a key
     # and applied after: the revoke stands. Real read and commit times; ttl's
     # own race is in tests/test_cache.py.
-    async with ApiKeyStore(replace(settings, sync=sync)) as store:
+    async with ApiKeyStore(settings.model_copy(update={"sync": sync})) as store:
         await wait_for(lambda: ready(store))
         made = await store.create(name="n")
         rows = KeyCollection(Connection(settings))
@@ -182,7 +187,9 @@ async def test_index_modes_are_not_ready_until_loaded(
         emulator.pause()
         try:
             store = ApiKeyStore(
-                replace(settings, sync=mode, timeout=0.5, retry_after=1)
+                settings.model_copy(
+                    update={"sync": mode, "timeout": 0.5, "retry_after": 1}
+                )
             )
             await store.open()
             assert not store.is_ready
@@ -199,7 +206,7 @@ async def test_listen_reads_once_then_per_change(settings: Settings) -> None:
     async with ApiKeyStore(settings) as writer:
         for i in range(20):
             await writer.create(name=f"k{i}")
-        async with ApiKeyStore(replace(settings, sync="listen")) as store:
+        async with ApiKeyStore(settings.model_copy(update={"sync": "listen"})) as store:
             await wait_for(lambda: ready(store))
             # One read per row, and then one per changed row.
             initial = store.reads["listen"]

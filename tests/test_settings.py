@@ -1,8 +1,11 @@
 import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from keystore import ConfigError, Settings, load_env_file
 
@@ -50,9 +53,9 @@ def test_every_variable_is_read() -> None:
     [
         ("KEYSTORE_CACHE_TTL", "soon", "KEYSTORE_CACHE_TTL"),  # not a number
         ("KEYSTORE_CACHE_SIZE", "1.5", "KEYSTORE_CACHE_SIZE"),  # not an integer
-        ("KEYSTORE_TIMEOUT", "0", "timeout"),  # a deadline of zero
-        ("KEYSTORE_CACHE_SIZE", "0", "cache_size"),  # no room at all
-        ("KEYSTORE_PREFIX", "Bad_", "prefix"),  # not usable in a key
+        ("KEYSTORE_TIMEOUT", "0", "'KEYSTORE_TIMEOUT' has the value '0'"),
+        ("KEYSTORE_CACHE_SIZE", "0", "KEYSTORE_CACHE_SIZE.*at least|equal to 1"),
+        ("KEYSTORE_PREFIX", "Bad_", "KEYSTORE_PREFIX.*lowercase letters"),
     ],
 )
 def test_bad_values_are_one_clear_error(name: str, value: str, message: str) -> None:
@@ -79,8 +82,8 @@ def test_sync_modes(mode: str) -> None:
 def test_unknown_sync_mode() -> None:
     with pytest.raises(ConfigError, match="KEYSTORE_SYNC"):
         Settings.from_env({"KEYSTORE_SYNC": "push"})
-    with pytest.raises(ConfigError, match="sync"):
-        Settings(sync="push")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'KEYSTORE_SYNC' has the value 'push'"):
+        Settings(sync="push")  # built in code: the same one line
 
 
 def test_env_file_fills_but_never_overrides(
@@ -130,3 +133,64 @@ def test_more_values(env: dict[str, str], field: str, value: object) -> None:
 def test_more_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(env)
+
+
+def test_settings_nest_in_an_apps_own_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class AppSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="APP_", env_nested_delimiter="__")
+        debug: bool = False
+        keys: Settings = Settings(collection="app_keys")
+
+    monkeypatch.setenv("APP_DEBUG", "true")
+    monkeypatch.setenv("APP_KEYS__SYNC", "listen")
+    app = AppSettings()
+    assert app.debug and app.keys.sync == "listen"
+    assert AppSettings(keys=Settings(sync="reload")).keys.sync == "reload"
+
+
+def test_a_dotenv_file_is_read_by_the_settings_themselves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("KEYSTORE_CACHE_TTL=7\nKEYSTORE_SYNC=reload\n")
+    monkeypatch.setenv("KEYSTORE_SYNC", "listen")  # the environment wins
+    settings = Settings()
+    assert (settings.cache_ttl, settings.sync) == (7, "listen")
+    assert "KEYSTORE_CACHE_TTL" not in os.environ
+
+
+def test_settings_are_frozen_and_copied_with_changes() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.cache_ttl = 1
+    assert settings.model_copy(update={"cache_ttl": 1}).cache_ttl == 1
+    assert hash(settings) == hash(Settings())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", "0"],
+        [sys.executable, "-m", "keystore", "list"],
+    ],
+    ids=["app", "cli"],
+)
+def test_a_bad_setting_is_one_line_without_a_traceback(
+    argv: list[str], tmp_path: Path
+) -> None:
+    env = {**os.environ, "KEYSTORE_CACHE_TTL": "soon"}
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "keystore" in line]
+    assert lines == [
+        "keystore: error: Setting 'KEYSTORE_CACHE_TTL' has the value 'soon', which "
+        "is not allowed: Input should be a valid number, unable to parse string as "
+        "a number."
+    ]
+    assert "Traceback" not in done.stderr

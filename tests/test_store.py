@@ -3,7 +3,6 @@
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,7 +115,7 @@ async def test_key_of_another_prefix_is_malformed_even_when_its_row_is_held(
 ) -> None:
     # Same length, same id position, the row's hash is of this very key: only
     # the prefix tells it apart, on the fast path as on the slow one.
-    async with ApiKeyStore(replace(settings, prefix="zz")) as other:
+    async with ApiKeyStore(settings.model_copy(update={"prefix": "zz"})) as other:
         made = await other.create(name="n")
     async with ApiKeyStore(settings) as store:
         await store.source.get(made.record.id)  # the row held in memory

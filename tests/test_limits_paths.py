@@ -1,0 +1,124 @@
+"""The less travelled paths of limits: per-process windows, owners without a
+document or with a broken one, a key revoked under a lease, credits per day in
+the usage counts, stale leases renewed, a give-back that cannot reach Firestore."""
+
+import asyncio
+import logging
+
+import pytest
+
+from keystore import ApiKeyStore, KeyNotFound, Settings, StoreUnavailable
+from keystore.errors import RateLimited
+from keystore.limits import parse_rate_limit
+from tests.conftest import Emulator
+from tests.test_limits import _spend_all
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_short_window_refuses_past_its_limit_in_each_process(
+    settings: Settings,
+) -> None:
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n", rate_limit=parse_rate_limit("3/1d"))
+        # 1d is shared; a short one is counted here alone:
+        short = await store.create(name="s", rate_limit=parse_rate_limit("2/5s"))
+        record = await store.verify(short.key)
+        await store.spend(record)
+        await store.spend(record)
+        with pytest.raises(RateLimited) as refused:
+            await store.spend(record)
+        assert 1 <= (refused.value.retry_after or 0) <= 5
+        headers = store.limiter.headers(record)
+        assert headers["RateLimit"].startswith('"key";r=0;')
+        assert await _spend_all(store, made.key, 4) == 3
+
+
+async def test_an_owner_without_a_document_has_no_limits(settings: Settings) -> None:
+    owners = settings.model_copy(
+        update={"owners_collection": f"o_{settings.collection}"}
+    )
+    async with ApiKeyStore(owners) as store:
+        made = await store.create(name="n", owner="nobody")
+        assert await _spend_all(store, made.key, 5) == 5
+        assert await store.owner_limits("nobody") is None
+        assert store.limiter.headers(await store.verify(made.key)) == {}
+
+
+async def test_a_broken_owner_document_fails_closed_with_a_warning(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    owners = settings.model_copy(
+        update={"owners_collection": f"o_{settings.collection}"}
+    )
+    async with ApiKeyStore(owners) as store:
+        await store.set_owner_limits("acme", credits=5)
+        await store.limiter.ledger.change(
+            owners.owners_collection, "acme", lambda doc: {"credits": "many"}, cause="t"
+        )
+        made = await store.create(name="n", owner="acme")
+        record = await store.verify(made.key)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable):
+                    await store.spend(record)
+        warnings = [r for r in caplog.records if "credits" in r.getMessage()]
+        assert len(warnings) == 1
+
+
+async def test_a_key_revoked_while_its_lease_runs_out_is_refused(
+    settings: Settings,
+) -> None:
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n", credits=1)
+        record = await store.verify(made.key)
+        await store.spend(record)
+        async with ApiKeyStore(settings) as other:
+            await other.revoke(made.record.id)
+        with pytest.raises(KeyNotFound):
+            await store.spend(record)  # the lease found the row gone
+
+
+async def test_credits_spent_are_counted_per_day(settings: Settings) -> None:
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n", credits=100)
+        for cost in (1, 5, 0):
+            await store.spend(await store.verify(made.key), cost)
+        assert await store.flush_usage() == 3
+        usage = await store.usage(made.record.id)
+        assert [(count, credits) for _, count, credits in usage.days] == [(3, 6)]
+
+
+async def test_a_lease_held_long_is_renewed_before_it_expires(
+    settings: Settings,
+) -> None:
+    quick = settings.model_copy(update={"lease_expiry": 0.6, "lease_seconds": 30})
+    async with ApiKeyStore(quick) as store:
+        made = await store.create(name="n", credits=1000)
+        assert await _spend_all(store, made.key, 2) == 2
+        writes = store.writes["limits"]
+        async with asyncio.timeout(3):
+            while store.writes["limits"] == writes:  # the sweeper renews it
+                await asyncio.sleep(0.05)
+        row = await store.limiter.ledger.read(
+            settings.collection, made.record.id, cause="t"
+        )
+        assert row is not None and list(row["leases"].values())[0]["credits"] > 0
+
+
+async def test_a_give_back_in_an_outage_is_logged_and_strands_the_lease(
+    settings: Settings, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ApiKeyStore(settings) as admin:
+        made = await admin.create(name="n", credits=100)
+    fast = settings.model_copy(update={"timeout": 0.5})
+    store = ApiKeyStore(fast)
+    await store.open()
+    assert await _spend_all(store, made.key, 2) == 2
+    emulator.pause()
+    try:
+        with caplog.at_level(logging.WARNING):
+            await store.aclose()
+    finally:
+        emulator.pause(False)
+    assert any("could not be given back" in r.getMessage() for r in caplog.records)
