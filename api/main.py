@@ -8,6 +8,7 @@ from functools import cache
 
 from fastapi import FastAPI
 
+from api.methods import method_not_allowed
 from api.routes import build_router
 from keystore import (
     ApiKeyAuth,
@@ -46,6 +47,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(TraceMiddleware)
     app.include_router(build_router(auth))
     app.include_router(build_admin_router(auth, include_in_schema=settings.admin_docs))
+    # The OpenAPI document lists every answer; a 405 lists every method.
+    auth.document(app)
+    app.add_exception_handler(405, method_not_allowed)
     return app
 
 

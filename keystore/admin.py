@@ -9,20 +9,25 @@ create and rotate. Each action logs one line naming the actor and the target.
 import logging
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, Security
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from keystore.dependency import ApiKeyAuth, unavailable
+from keystore.dependency import ApiKeyAuth, ErrorOut, unavailable
 from keystore.errors import InvalidRow, KeyNotFound, StoreUnavailable
-from keystore.limits import (
-    MAX_AMOUNT,
-    RateLimit,
-    Refill,
-    parse_rate_limit,
-    parse_refill,
+from keystore.fields import (
+    Credits,
+    GraceSeconds,
+    Name,
+    Owner,
+    RateLimitText,
+    RefillText,
+    Scopes,
+    Timestamp,
 )
+from keystore.limits import RateLimit, Refill, parse_rate_limit, parse_refill
 from keystore.models import ApiKey, BrokenRow, NewKey
 from keystore.store import ApiKeyStore, get_store
 
@@ -32,45 +37,28 @@ ADMIN_SCOPE = "admin"
 
 T = TypeVar("T")
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Scope = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
-Scopes = Annotated[list[Scope], Field(max_length=50)]
-Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/]+$")]
-
-
-def _rate(text: str) -> str:
-    parse_rate_limit(text)  # ValueError: a 422 naming the field
-    return text
-
-
-def _refill(text: str) -> str:
-    parse_refill(text)
-    return text
-
-
-RateLimitText = Annotated[
-    str,
-    Field(max_length=40, examples=["100/1m"], description="N/PERIOD: 10s, 1m, 1h, 1d"),
-    AfterValidator(_rate),
-]
-RefillText = Annotated[
-    str,
-    Field(max_length=40, examples=["10000/month"], description="N/day or N/month"),
-    AfterValidator(_refill),
-]
-Credits = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 #: The limit fields, as the admin API takes them.
 LIMIT_FIELDS = ("rate_limit", "credits", "refill")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: no "5" for a number, no 1 for true; what the schema says, only.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _kept() -> Any:
+    """Optional, but never null: a field left out stays as it is."""
+    return Field(default=None, json_schema_extra=_no_default)
 
 
 class KeyCreate(_Body):
     name: Name
     scopes: Scopes = []
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     owner: Owner | None = None
     rate_limit: RateLimitText | None = None
     #: Credits left now; with a refill, the balance until the next one.
@@ -79,21 +67,28 @@ class KeyCreate(_Body):
 
 
 class KeyUpdate(_Body):
-    name: Name | None = None
-    scopes: Scopes | None = None
-    disabled: bool | None = None
+    name: Name | SkipJsonSchema[None] = _kept()
+    scopes: Scopes | SkipJsonSchema[None] = _kept()
+    disabled: bool | SkipJsonSchema[None] = _kept()
     #: null removes the expiry (or the owner, or a limit); left out, it stays.
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     owner: Owner | None = None
     rate_limit: RateLimitText | None = None
     credits: Credits | None = None
     refill: RefillText | None = None
 
+    @field_validator("name", "scopes", "disabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("cannot be null; leave it out to keep it")
+        return value
+
 
 class KeyRotate(_Body):
     #: How long the old key keeps working, seconds (default one day).
-    grace_seconds: int = Field(default=86_400, ge=0, le=90 * 86_400)
-    expires_at: datetime | None = None
+    grace_seconds: GraceSeconds = 86_400
+    expires_at: Timestamp | None = None
 
 
 class KeyOut(BaseModel):
@@ -236,6 +231,22 @@ def _audit(action: str, actor: ApiKey, target: str) -> None:
     )
 
 
+def _answer(code: int, description: str) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut, "description": description}}
+
+
+# What the routes answer beside the dependency's refusals and FastAPI's 422,
+# each on the routes that can give it.
+_UNREADABLE = _answer(
+    400, "The body is not text: FastAPI's `There was an error parsing the body`."
+)
+_GRANTING = _answer(
+    403, "The calling key lacks the scope `admin`, or a scope or limit it would grant."
+)
+_MISSING = _answer(404, "No key with this id.")
+_BROKEN = _answer(409, "The key's row has a field keystore cannot read; fix it first.")
+
+
 async def _store() -> ApiKeyStore:
     return get_store()
 
@@ -246,29 +257,25 @@ def build_admin_router(
     """The /admin/keys routes, guarded by ``auth`` with the scope ``admin``."""
     Admin = Annotated[ApiKey, Security(auth, scopes=[ADMIN_SCOPE])]
     Store = Annotated[ApiKeyStore, Depends(_store)]
+    # 401, 403, 429 and 503 are the dependency's: ApiKeyAuth.document(app).
     router = APIRouter(
-        prefix="/admin/keys",
-        tags=["admin"],
-        include_in_schema=include_in_schema,
-        responses={
-            401: {"description": "Missing or invalid API key"},
-            403: {"description": "The key lacks a scope"},
-            503: {"description": "Firestore unavailable"},
-        },
+        prefix="/admin/keys", tags=["admin"], include_in_schema=include_in_schema
     )
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, responses=_UNREADABLE | _GRANTING)
     async def create_key(body: KeyCreate, actor: Admin, store: Store) -> KeyCreated:
         """Make a key; the response holds the plaintext key, shown this once."""
         _require_held(actor, body.scopes)
         limits = _parsed_limits(body.model_dump())
         _require_within(actor, limits, new=True)
-        made = await store.create(
-            name=body.name,
-            scopes=body.scopes,
-            expires_at=body.expires_at,
-            owner=body.owner,
-            **limits,  # type: ignore[arg-type]
+        made = await _found(
+            store.create(
+                name=body.name,
+                scopes=body.scopes,
+                expires_at=body.expires_at,
+                owner=body.owner,
+                **limits,  # type: ignore[arg-type]
+            )
         )
         _audit("create", actor, made.record.id)
         return KeyCreated.made(made)
@@ -282,18 +289,19 @@ def build_admin_router(
         scope: str | None = None,
     ) -> list[KeyOut | BrokenKeyOut]:
         """Every key (never a key or a hash); filters keep the matching keys only."""
-        rows = await store.list_keys(disabled=disabled, expired=expired, scope=scope)
+        listing = store.list_keys(disabled=disabled, expired=expired, scope=scope)
+        rows = await _found(listing)
         _audit("list", actor, "*")
         return [_out(row) for row in rows]
 
-    @router.get("/{key_id}")
+    @router.get("/{key_id}", responses=_MISSING)
     async def get_key(key_id: str, actor: Admin, store: Store) -> KeyOut | BrokenKeyOut:
         """One key by id."""
         row = await _found(store.get(key_id))
         _audit("get", actor, key_id)
         return _out(row)
 
-    @router.patch("/{key_id}")
+    @router.patch("/{key_id}", responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN)
     async def update_key(
         key_id: str, body: KeyUpdate, actor: Admin, store: Store
     ) -> KeyOut:
@@ -302,9 +310,6 @@ def build_admin_router(
         changes = body.model_dump(exclude_unset=True)
         if changes.get("scopes") is not None:
             _require_held(actor, changes["scopes"])
-        for field in ("name", "scopes", "disabled"):
-            if field in changes and changes[field] is None:
-                raise HTTPException(422, f"Field '{field}' cannot be null.")
         limits = _parsed_limits(changes)
         _require_within(actor, limits, new=False)
         for name in LIMIT_FIELDS:
@@ -315,14 +320,18 @@ def build_admin_router(
         _audit("update", actor, key_id)
         return KeyOut.of(record)
 
-    @router.delete("/{key_id}", status_code=204)
+    @router.delete("/{key_id}", status_code=204, responses=_MISSING)
     async def delete_key(key_id: str, actor: Admin, store: Store) -> Response:
         """Revoke a key: its row is deleted."""
         await _found(store.revoke(key_id))
         _audit("delete", actor, key_id)
         return Response(status_code=204)
 
-    @router.post("/{key_id}/rotate", status_code=201)
+    @router.post(
+        "/{key_id}/rotate",
+        status_code=201,
+        responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN,
+    )
     async def rotate_key(
         key_id: str, actor: Admin, store: Store, body: KeyRotate | None = None
     ) -> KeyCreated:
@@ -343,7 +352,7 @@ def build_admin_router(
         _audit("rotate", actor, key_id)
         return KeyCreated.made(made)
 
-    @router.get("/{key_id}/usage")
+    @router.get("/{key_id}/usage", responses=_MISSING)
     async def key_usage(
         key_id: str,
         actor: Admin,
@@ -367,6 +376,7 @@ def build_admin_router(
 
 
 async def _found(pending: Awaitable[T]) -> T:
+    """The store's answer; its refusals as 404, 409 and 503."""
     try:
         return await pending
     except KeyNotFound as exc:

@@ -6,6 +6,7 @@ are counted by cause, for tests, benchmarks and metrics. The calls themselves,
 their deadlines and their errors belong to ``connection.py``.
 """
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -44,6 +45,21 @@ def _not_found(key_id: str) -> KeyNotFound:
     return KeyNotFound(f"No key with id '{key_id}'.")
 
 
+def _is_document_id(key_id: str) -> bool:
+    """True if Firestore takes ``key_id`` as a document id. It answers the others
+    (``__x__``, ``..``) InvalidArgument, which would be taken for an outage."""
+    try:
+        size = len(key_id.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return (
+        0 < size <= 1500
+        and "/" not in key_id
+        and key_id not in (".", "..")
+        and not re.fullmatch(r"__.*__", key_id, re.DOTALL)
+    )
+
+
 def collection_query(collection: str) -> StructuredQuery:
     """Every document of the top-level ``collection``: a load, or a listener."""
     return StructuredQuery(
@@ -77,16 +93,19 @@ class KeyCollection:
         await self.connection.aclose()
 
     def _path(self, key_id: str, *more: str) -> str:
+        if not _is_document_id(key_id):
+            raise _not_found(key_id)  # no such row can exist: no call
         return self.connection.path(self.name, key_id, *more)
 
     async def get(self, key_id: str, *, cause: str) -> Row | None:
         """One row, or None if there is none: one document read."""
         connection = self.connection
+        name = self._path(key_id)
 
         async def read(client: FirestoreAsyncClient) -> Any:
             try:
                 return await client.get_document(
-                    request=GetDocumentRequest(name=self._path(key_id)),
+                    request=GetDocumentRequest(name=name),
                     retry=None,
                     timeout=connection.attempt_timeout,
                     metadata=connection.metadata,
@@ -251,12 +270,10 @@ class KeyCollection:
 
     async def delete(self, key_id: str, *, cause: str) -> int:
         """Delete a row; KeyNotFound if there is none."""
-        if not key_id or "/" in key_id:
-            raise _not_found(key_id)
-        await self.connection.ensure_open()
         write = Write(
             delete=self._path(key_id), current_document=Precondition(exists=True)
         )
+        await self.connection.ensure_open()
         try:
             at = await self._commit(
                 f"delete of key {key_id}", [write], expected=(google_errors.NotFound,)

@@ -12,9 +12,9 @@ import pytest
 from google.cloud import firestore
 
 from api.main import create_app
-from keystore import ApiKeyStore, Settings, get_store, reset_store
+from keystore import ApiKeyStore, KeyNotFound, Settings, get_store, reset_store
 from keystore.cli import main
-from tests.conftest import serve
+from tests.conftest import Emulator, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -175,6 +175,71 @@ async def test_error_paths(
 ) -> None:
     r = await client.request(method, path, json=body, headers=await key_with("admin"))
     assert r.status_code == status, r.text
+
+
+@pytest.mark.parametrize(
+    "key_id",
+    [
+        "__main__",  # reserved by Firestore
+        "%2E%2E",  # ..
+        "%2E",
+        "x" * 1501,  # longer than a document id may be
+    ],
+)
+async def test_an_id_firestore_refuses_is_unknown_not_an_outage(
+    client: httpx.AsyncClient, key_id: str
+) -> None:
+    # Firestore answers such an id InvalidArgument: taken for an outage, it
+    # would turn every request of the next seconds into a 503.
+    admin = await key_with("admin")
+    for method, path in (
+        ("GET", ""),
+        ("PATCH", ""),
+        ("DELETE", ""),
+        ("POST", "/rotate"),
+        ("GET", "/usage"),
+    ):
+        body = {"name": "x"} if method == "PATCH" else None
+        r = await client.request(
+            method, f"/admin/keys/{key_id}{path}", json=body, headers=admin
+        )
+        assert r.status_code == 404, r.text
+    r = await client.post("/admin/keys", json={"name": "after"}, headers=admin)
+    assert r.status_code == 201, r.text
+
+
+async def test_the_store_knows_no_such_row_without_asking(
+    store: ApiKeyStore, document_reads: Callable[[], int]
+) -> None:
+    for key_id in ("__x__", "..", "\ud800", "x" * 1501, "a/b", ""):
+        with pytest.raises(KeyNotFound):
+            await store.get(key_id)
+        with pytest.raises(KeyNotFound):
+            await store.revoke(key_id)
+    assert document_reads() == 0
+
+
+async def test_create_and_list_in_an_outage_are_503(
+    emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(timeout=0.5, retry_after=30)
+    try:
+        async with serve(create_app(settings)) as client:
+            admin = await key_with("admin")
+            r = await client.get("/v1/whoami", headers=admin)  # now held in memory
+            assert r.status_code == 200, r.text
+            emulator.pause()
+            try:
+                for method, body in (("GET", None), ("POST", {"name": "n"})):
+                    r = await client.request(
+                        method, "/admin/keys", json=body, headers=admin
+                    )
+                    assert r.status_code == 503, r.text
+                    assert r.headers["retry-after"] == "30"
+            finally:
+                emulator.pause(False)
+    finally:
+        await reset_store()
 
 
 async def test_null_for_a_required_field_is_422(client: httpx.AsyncClient) -> None:

@@ -1,0 +1,109 @@
+"""The fields of the admin API's request bodies, as pydantic types.
+
+Each rejects, with a 422 naming the field, exactly what its JSON schema rules
+out, so that the OpenAPI document tells clients what will be accepted: the
+patterns below are the limits' grammar with its bounds (no whitespace, no
+leading zeros), and timestamps are RFC 3339 strings, never numbers.
+"""
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+
+from keystore.limits import MAX_AMOUNT, parse_rate_limit, parse_refill
+
+
+def _whole(value: object) -> object:
+    # JSON has one kind of number: 6260.0 is an integer to JSON Schema. The
+    # bodies are strict otherwise, so "6260" and true stay refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Scope = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
+Scopes = Annotated[list[Scope], Field(max_length=50)]
+Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/]+$")]
+Credits = Annotated[int, Field(ge=0, le=MAX_AMOUNT), BeforeValidator(_whole)]
+#: Seconds the old key keeps working after a rotation: up to 90 days.
+GraceSeconds = Annotated[int, Field(ge=0, le=90 * 86_400), BeforeValidator(_whole)]
+
+# 1 to MAX_AMOUNT (10**12), and 0 to it.
+_COUNT = r"(?:[1-9][0-9]{0,11}|1000000000000)"
+_AMOUNT = r"(?:0|[1-9][0-9]{0,11}|1000000000000)"
+# A window of 1 second to 7 days, in one unit; no number means one of it.
+_WINDOW = (
+    r"(?:(?:[1-9][0-9]{0,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)?s"
+    r"|(?:[1-9][0-9]{0,3}|100[0-7][0-9]|10080)?m"
+    r"|(?:[1-9][0-9]?|1[0-5][0-9]|16[0-8])?h"
+    r"|[1-7]?d)"
+)
+RATE_LIMIT_PATTERN = rf"^{_COUNT}/{_WINDOW}$"
+REFILL_PATTERN = rf"^{_AMOUNT}/(?:day|month)$"
+
+
+def _rate(text: str) -> str:
+    parse_rate_limit(text)  # the pattern admits nothing it refuses; a guard
+    return text
+
+
+def _refill(text: str) -> str:
+    parse_refill(text)
+    return text
+
+
+RateLimitText = Annotated[
+    str,
+    Field(
+        pattern=RATE_LIMIT_PATTERN,
+        examples=["100/1m"],
+        description="N/PERIOD: N of 1 to 10^12, a period of 1s to 7d (10s, 1m, 1h, 1d)",
+    ),
+    AfterValidator(_rate),
+]
+RefillText = Annotated[
+    str,
+    Field(
+        pattern=REFILL_PATTERN,
+        examples=["10000/month"],
+        description="N/day or N/month, N from 0 to 10^12",
+    ),
+    AfterValidator(_refill),
+]
+
+# RFC 3339 section 5.6 (T and Z in either case), with an offset: a naive time
+# would be read in the server's zone. Years 2000 to 2999 keep every offset's
+# instant within what Python and Firestore hold; an expiry needs no others.
+_RFC3339 = re.compile(
+    r"2[0-9]{3}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _timestamp(value: object) -> datetime:
+    # Before pydantic's own parsing, which also takes numbers as Unix times,
+    # "1700000000" likewise, dates alone and naive times.
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 timestamp with an offset, in the years 2000 to "
+            "2999, like 2027-01-31T12:00:00Z"
+        )
+    return datetime.fromisoformat(value.upper())  # ValueError: no such day, hour
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": "^2[0-9]{3}-",
+            "description": "RFC 3339 with an offset, years 2000 to 2999",
+            "examples": ["2027-01-31T12:00:00Z"],
+        }
+    ),
+]
