@@ -6,7 +6,6 @@ are counted by cause, for tests, benchmarks and metrics. The calls themselves,
 their deadlines and their errors belong to ``connection.py``.
 """
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ from google.cloud.firestore_v1.types import (
 from keystore.commits import Commit, Commits
 from keystore.connection import Connection
 from keystore.errors import KeyNotFound
+from keystore.models import is_document_id
 from keystore.values import decode_fields, encode_fields
 
 Row = dict[str, Any]
@@ -43,21 +43,6 @@ _REQUEST_TIME = DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
 def _not_found(key_id: str) -> KeyNotFound:
     return KeyNotFound(f"No key with id '{key_id}'.")
-
-
-def _is_document_id(key_id: str) -> bool:
-    """True if Firestore takes ``key_id`` as a document id. It answers the others
-    (``__x__``, ``..``) InvalidArgument, which would be taken for an outage."""
-    try:
-        size = len(key_id.encode())
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return (
-        0 < size <= 1500
-        and "/" not in key_id
-        and key_id not in (".", "..")
-        and not re.fullmatch(r"__.*__", key_id, re.DOTALL)
-    )
 
 
 def collection_query(collection: str) -> StructuredQuery:
@@ -93,7 +78,7 @@ class KeyCollection:
         await self.connection.aclose()
 
     def _path(self, key_id: str, *more: str) -> str:
-        if not _is_document_id(key_id):
+        if not is_document_id(key_id):
             raise _not_found(key_id)  # no such row can exist: no call
         return self.connection.path(self.name, key_id, *more)
 

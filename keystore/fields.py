@@ -26,7 +26,13 @@ def _whole(value: object) -> object:
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Scope = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
 Scopes = Annotated[list[Scope], Field(max_length=50)]
-Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/]+$")]
+#: A Firestore document id: no '/', not '.' or '..', not '__...__' (written
+#: without look-ahead, which JSON Schema's patterns may not have).
+OWNER_PATTERN = (
+    r"^(?:[^/.]|[^/.][^/]|\.[^/.]|[^/]{3}|[^/_][^/]{3,}|_[^/_][^/]{2,}"
+    r"|[^/]{3,}[^/_]|[^/]{2,}[^/_]_)$"
+)
+Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=OWNER_PATTERN)]
 Credits = Annotated[int, Field(ge=0, le=MAX_AMOUNT), BeforeValidator(_whole)]
 #: Seconds the old key keeps working after a rotation: up to 90 days.
 GraceSeconds = Annotated[int, Field(ge=0, le=90 * 86_400), BeforeValidator(_whole)]

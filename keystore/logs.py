@@ -87,6 +87,10 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.handlers:
+            # uvicorn --no-access-log leaves it without a handler: keep it
+            # off (uvicorn logs a request only if the logger has a handler).
+            continue
         logger.handlers = []
         logger.propagate = True
 

@@ -161,6 +161,21 @@ def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
     )
 
 
+def is_document_id(key_id: str) -> bool:
+    """True if Firestore takes ``key_id`` as a document id. It answers the others
+    (``__x__``, ``..``) InvalidArgument, which would be taken for an outage."""
+    try:
+        size = len(key_id.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return (
+        0 < size <= 1500
+        and "/" not in key_id
+        and key_id not in (".", "..")
+        and not re.fullmatch(r"__.*__", key_id, re.DOTALL)
+    )
+
+
 def _int(key_id: str, row: Mapping[str, Any], name: str, low: int) -> int | None:
     value = row.get(name)
     if value is None:
@@ -189,8 +204,10 @@ def parse_limits(key_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
     if interval is not None and interval not in REFILL_INTERVALS:
         raise InvalidRow(key_id, "refill_interval", "expected 'day' or 'month'")
     owner = row.get("owner")
-    if owner is not None and (not isinstance(owner, str) or not owner):
-        raise InvalidRow(key_id, "owner", "expected a non-empty string")
+    if owner is not None and (not isinstance(owner, str) or not is_document_id(owner)):
+        raise InvalidRow(
+            key_id, "owner", "expected a string usable as a Firestore document id"
+        )
     try:
         rate = RateLimit(limit, window) if limit and window else None
     except ValueError as exc:

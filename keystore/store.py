@@ -44,7 +44,15 @@ from keystore.ledger import Ledger, LimitView, describe, limit_changes
 from keystore.limiter import Limiter
 from keystore.limits import RateLimit, Refill
 from keystore.metrics import Histogram
-from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage, parse_row
+from keystore.models import (
+    ApiKey,
+    BrokenRow,
+    ImportResult,
+    NewKey,
+    Usage,
+    is_document_id,
+    parse_row,
+)
 from keystore.settings import Settings
 from keystore.sources import make_source
 from keystore.times import utcnow
@@ -255,6 +263,8 @@ class ApiKeyStore:
 
         ``credits`` is the balance now; a ``refill`` replaces it at the start of
         each period (without ``credits``, the first refill applies at once)."""
+        if owner is not None:
+            _check_owner(owner)
         made = self._new(name=name, scopes=scopes, expires_at=expires_at)
         record = replace(
             made.record,
@@ -324,6 +334,8 @@ class ApiKeyStore:
             raise ValueError(f"Field '{sorted(unknown)[0]}' cannot be changed.")
         if "scopes" in changes:
             changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
+        if changes.get("owner") is not None:
+            _check_owner(changes["owner"])
         if not changes:
             return await self._readable(key_id)
         at = await self._rows.update(key_id, changes, cause="admin")
@@ -539,8 +551,11 @@ class ApiKeyStore:
 
 
 def _check_owner(owner: str) -> None:
-    if not owner or "/" in owner or len(owner) > 200:
-        raise ValueError("An owner is 1 to 200 characters, without '/'.")
+    if len(owner) > 200 or not is_document_id(owner):
+        raise ValueError(
+            "An owner is 1 to 200 characters, without '/', and not '.', '..' "
+            "or '__...__' (a Firestore document id)."
+        )
 
 
 def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:

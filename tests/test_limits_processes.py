@@ -95,7 +95,7 @@ async def test_credits_are_exact_across_processes_and_sigterm(
             uneven = await store.create(name="u", owner=f"{settings.collection}-uneven")
     with servers(tmp_path, settings) as procs:
         bases = [p.base for p in procs]
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             spread, single = await asyncio.gather(
                 drive(http, bases, even.key, rate=80, seconds=5),
                 drive(http, bases[:1], uneven.key, rate=80, seconds=5),
@@ -127,7 +127,7 @@ async def test_a_killed_process_strands_at_most_its_lease_never_more(
     env = {"KEYSTORE_LEASE_EXPIRY": "3", "KEYSTORE_LEASE_SECONDS": "1"}
     with servers(tmp_path, settings, **env) as procs:
         bases = [p.base for p in procs]
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             first = await drive(http, bases, made.key, rate=60, seconds=2)
             victim = procs[0].process
             victim.send_signal(signal.SIGKILL)
@@ -154,7 +154,7 @@ async def test_rate_limits_hold_across_processes_even_and_uneven(
         uneven = await store.create(name="uneven", rate_limit=rate)
     with servers(tmp_path, settings) as procs:
         bases = [p.base for p in procs]
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             # Start just after a window opens; stop before it closes.
             now = time.time()
             await asyncio.sleep(window - now % window + 0.3)
@@ -177,7 +177,7 @@ async def test_the_request_path_rarely_waits_and_writes_stay_near_one_per_second
     seconds = 10.0
     with servers(tmp_path, settings) as procs:
         bases = [p.base for p in procs]
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             warm = await drive(http, bases, made.key, rate=100, seconds=3)
             before = await _totals(http, bases)
             steady = await drive(http, bases, made.key, rate=100, seconds=seconds)
