@@ -1,0 +1,56 @@
+"""A Firestore emulator of our own, through the project's emulator.sh."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from benchmarks.procs import HOST, PROJECT, ROOT, BenchmarkError, pin_group
+from benchmarks.rawhttp import fetch, request
+
+
+class Emulator:
+    def __init__(self, state_dir: Path, cpu: int | None) -> None:
+        self.state_dir, self.cpu, self.port = state_dir, cpu, 0
+
+    def _run(self, command: str, **env: str) -> None:
+        env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir), **env}
+        if self.port:  # a restart comes back where the servers look for it
+            env["KEYSTORE_EMULATOR_PORT"] = str(self.port)
+        argv = [str(ROOT / "emulator.sh"), command]
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise BenchmarkError(f"emulator.sh {command} failed:\n{done.stderr}")
+
+    def start(self, imported: Path | None = None) -> None:
+        """Start (from an export, if given), pin, and point our clients at it."""
+        self._run("start", KEYSTORE_EMULATOR_IMPORT=str(imported or ""))
+        self.port = int((self.state_dir / "port").read_text())
+        pin_group(int((self.state_dir / "pid").read_text()), self.cpu)
+        os.environ["FIRESTORE_EMULATOR_HOST"] = f"{HOST}:{self.port}"
+        os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    async def _admin(self, method: str, path: str, body: str = "") -> None:
+        url = f"http://{HOST}:{self.port}/emulator/v1/projects/{PROJECT}{path}"
+        status, text = await fetch(request(method, url, None, body))
+        if status != 200:
+            raise BenchmarkError(f"emulator {method} {path}: {status} {text[:300]}")
+
+    async def clear(self) -> None:
+        """Delete every document."""
+        await self._admin("DELETE", "/databases/(default)/documents")
+
+    async def export(self) -> Path:
+        """Everything to a new folder; its metadata file, for :meth:`start`."""
+        target = self.state_dir / f"export-{time.time_ns()}"
+        target.mkdir()
+        database = f"projects/{PROJECT}/databases/(default)"
+        body = {"database": database, "export_directory": str(target)}
+        await self._admin("POST", ":export", json.dumps(body))
+        return next(target.rglob("*.overall_export_metadata"))
