@@ -32,7 +32,7 @@ async def _run(bench: Bench, names: list[str]) -> int:
     for name in names:
         bench.say(f"{name}: starting")
         sections.append(await SUITES[name](bench))
-    others = sorted(bench.loader.others)
+    others = sorted(run.others_cpu_pct for run in bench.loader.runs)
     heading = (
         f"keystore benchmarks{' --quick' if bench.quick else ''}, {machine}; "
         f"{time.monotonic() - bench.started:.0f} s, load average "
@@ -43,6 +43,8 @@ async def _run(bench: Bench, names: list[str]) -> int:
             f". Others' use of the servers' CPU during the load runs: median "
             f"{percentile(others, 50):.0f}%, max {others[-1]:.0f}%"
         )
+    if errors := sum(run.errors for run in bench.loader.runs):
+        heading += f". {errors} requests failed in the load runs: figures invalid"
     print(heading + ".")
     for section in sections:
         print(f"\n{section.markdown()}")

@@ -6,11 +6,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.procs import HOST, PROJECT, ROOT, BenchmarkError, pin_group
-from benchmarks.rawhttp import fetch, request
+from benchmarks.procs import HOST, PROJECT, ROOT, BenchmarkError
 
 
 class Emulator:
+    """Started from this process on the loaders' CPU: the script and its JVM
+    inherit the pinning."""
+
     def __init__(self, state_dir: Path, cpu: int | None) -> None:
         self.state_dir, self.cpu, self.port = state_dir, cpu, 0
 
@@ -29,28 +31,29 @@ class Emulator:
         """Start (from an export, if given), pin, and point our clients at it."""
         self._run("start", KEYSTORE_EMULATOR_IMPORT=str(imported or ""))
         self.port = int((self.state_dir / "port").read_text())
-        pin_group(int((self.state_dir / "pid").read_text()), self.cpu)
         os.environ["FIRESTORE_EMULATOR_HOST"] = f"{HOST}:{self.port}"
         os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
 
     def stop(self) -> None:
         self._run("stop")
 
-    async def _admin(self, method: str, path: str, body: str = "") -> None:
+    def _admin(self, method: str, path: str, body: str = "") -> None:
         url = f"http://{HOST}:{self.port}/emulator/v1/projects/{PROJECT}{path}"
-        status, text = await fetch(request(method, url, None, body))
-        if status != 200:
-            raise BenchmarkError(f"emulator {method} {path}: {status} {text[:300]}")
+        argv = ["curl", "-sSf", "-X", method, "-H", "content-type: application/json"]
+        argv += ["-d", body, url]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchmarkError(f"emulator {method} {path}: {done.stderr[:300]}")
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Delete every document."""
-        await self._admin("DELETE", "/databases/(default)/documents")
+        self._admin("DELETE", "/databases/(default)/documents")
 
-    async def export(self) -> Path:
+    def export(self) -> Path:
         """Everything to a new folder; its metadata file, for :meth:`start`."""
         target = self.state_dir / f"export-{time.time_ns()}"
         target.mkdir()
         database = f"projects/{PROJECT}/databases/(default)"
         body = {"database": database, "export_directory": str(target)}
-        await self._admin("POST", ":export", json.dumps(body))
+        self._admin("POST", ":export", json.dumps(body))
         return next(target.rglob("*.overall_export_metadata"))

@@ -1,20 +1,12 @@
-"""Limits: what usage limits cost on the hot path, and their bounds across processes.
-
-Three demo apps (ttl mode) on one collection. In process: a warm check of a key
-with a rate limit and credits (verify, then spend) beside one without limits
-and a set lookup. Over HTTP (wrk on one app): /v1/whoami of each key. Across
-the three apps, one key at a steady 100 req/s: the share of requests that
-waited on Firestore and the limit writes per hour; and a rate limit of L per
-10 s window with a demand of 2L, spread evenly over the three apps or all on
-one: the requests accepted per window, beside L.
-"""
+"""Limits: what usage limits cost on the hot path, and their bounds across
+processes. Three demo apps (ttl mode) on one collection; in process one store.
+Baselines from the same run: a key without limits, a set lookup, the limit L."""
 
 import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
 
 from benchmarks.harness import Bench
 from benchmarks.load import HEADER
@@ -38,52 +30,42 @@ TOTALS = {
 
 
 async def run(bench: Bench) -> Section:
+    s = Section("limits", ("figure", "keystore", "baseline, same run", "target"))
     settings = Settings(project=PROJECT, collection=bench.collection("limits"))
-    keys = await _make_keys(settings)
-    with on_cpu(bench.cpus.server):
-        bench.say("limits: in process: warm checks with and without limits")
-        us = await _hot_path(settings, keys, 10_000 if bench.quick else 50_000)
-    async with AsyncExitStack() as stack:
-        servers = [
-            await stack.enter_async_context(
-                bench.serve(
-                    f"limits{i}",
-                    "api.main:app",
-                    KEYSTORE_COLLECTION=settings.collection,
-                )
-            )
-            for i in range(3)
-        ]
-        with on_cpu(bench.cpus.load):
-            rps = await _rps(bench, servers[0], keys)
-            bench.say("limits: one key at 100/s over 3 apps, then 2L per window")
-            spread = await _across(bench.quick, servers, keys)
-    return _section(us, rps, spread)
-
-
-async def _make_keys(settings: Settings) -> dict[str, str]:
     rate = parse_rate_limit(f"{LIMIT}/{WINDOW}s")
     async with ApiKeyStore(settings) as store:
         made = {
             "plain": await store.create(name="plain"),
-            "limited": await store.create(
-                name="limited", rate_limit=UNBOUND, credits=10**12
-            ),
+            "limited": await store.create(name="l", rate_limit=UNBOUND, credits=10**12),
             "busy": await store.create(name="busy", rate_limit=UNBOUND, credits=10**9),
             "even": await store.create(name="even", rate_limit=rate),
             "one": await store.create(name="one", rate_limit=rate),
         }
-    return {name: new.key for name, new in made.items()}
+    keys = {name: new.key for name, new in made.items()}
+    with on_cpu(bench.cpus.server):
+        bench.say("limits: in process: warm checks with and without limits")
+        await _hot_path(s, settings, keys, 10_000 if bench.quick else 50_000)
+    async with AsyncExitStack() as stack:
+        servers = []
+        for i in range(3):
+            app = bench.serve(
+                f"limits{i}", "api.main:app", KEYSTORE_COLLECTION=settings.collection
+            )
+            servers.append(await stack.enter_async_context(app))
+        with on_cpu(bench.cpus.load):
+            await _rps(s, bench, servers[0], keys)
+            bench.say("limits: one key at 100/s over 3 apps, then 2L per window")
+            await _across(s, bench.quick, servers, keys)
+    return s
 
 
 async def _hot_path(
-    settings: Settings, keys: dict[str, str], n: int
-) -> dict[str, float]:
+    s: Section, settings: Settings, keys: dict[str, str], n: int
+) -> None:
     async with ApiKeyStore(settings) as store:
-        held = {keys["plain"]}
 
         async def set_lookup() -> bool:
-            return keys["plain"] in held
+            return keys["plain"] in {keys["plain"]}
 
         async def verify() -> object:
             return await store.verify(keys["plain"])
@@ -94,22 +76,31 @@ async def _hot_path(
             return record
 
         await with_limits()  # the first lease is taken: what follows is warm
-        return await per_call_us(
+        us = await per_call_us(
             {"set": set_lookup, "verify": verify, "limits": with_limits}, n
         )
+    slower = ratio(us["limits"], us["verify"])
+    s.add(
+        "µs per warm check, rate limit + credits (`verify` + `spend`), in process",
+        f"{us['limits']:.2f}",
+        f"{us['verify']:.2f} without limits; {us['set']:.2f} set lookup",
+        judged("≤ 1.5x", slower <= 1.5, f"{slower:.2f}x"),
+    )
+    s.data["us"] = us
 
 
-async def _rps(bench: Bench, server: Server, keys: dict[str, str]) -> dict[str, float]:
-    best: dict[str, float] = {}
-    order = ["plain", "limited"]
-    for rep in range(
-        1 if bench.quick else 2
-    ):  # in turns, reversed: drift falls on both
-        for name in order if rep % 2 == 0 else order[::-1]:
-            result = await bench.loader.measure(server, WHOAMI, keys[name])
-            bench.say(f"limits: whoami, key {name}: {result.rps:,.0f} req/s")
-            best[name] = max(best.get(name, 0.0), result.rps)
-    return best
+async def _rps(s: Section, bench: Bench, server: Server, keys: dict[str, str]) -> None:
+    plain, limited = await bench.loader.best(
+        [(server, WHOAMI, keys["plain"]), (server, WHOAMI, keys["limited"])]
+    )
+    kept = ratio(limited, plain)
+    s.add(
+        "req/s, GET /v1/whoami, key with limits (one app, wrk)",
+        f"{limited:,.0f}",
+        f"{plain:,.0f} key without",
+        judged("≥ 0.95x", kept >= 0.95, f"{kept:.3f}x"),
+    )
+    s.data["rps"] = {"plain": plain, "limited": limited}
 
 
 async def _totals(servers: list[Server]) -> dict[str, float]:
@@ -117,36 +108,8 @@ async def _totals(servers: list[Server]) -> dict[str, float]:
     return {k: sum(m.get(name, 0.0) for m in found) for k, name in TOTALS.items()}
 
 
-async def _across(
-    quick: bool, servers: list[Server], keys: dict[str, str]
-) -> dict[str, Any]:
-    def spread(key: str, apps: list[Server]) -> Callable[[int], Request]:
-        return lambda i: get(apps[i % len(apps)].url + WHOAMI, {HEADER: key})
-
-    before = await _totals(servers)
-    # The steady run ends where a window opens, so the next test starts at one.
-    steady_seconds, windows = (4, 1) if quick else (30, 3)
-    seconds = steady_seconds + WINDOW - (time.time() + steady_seconds) % WINDOW
-    steady = await open_loop(
-        spread(keys["busy"], servers), rate=STEADY_RATE, seconds=seconds
-    )
-    after = await _totals(servers)
-    if (lag := time.time() % WINDOW) > 0.5:
-        await asyncio.sleep(WINDOW - lag)
-    # Whole windows only: a stray request in the next one would count as a window.
-    span = (time.time() // WINDOW + windows) * WINDOW - time.time() - 0.1
-    demand = 2 * LIMIT / WINDOW
-    even, one = await asyncio.gather(
-        open_loop(spread(keys["even"], servers), rate=demand, seconds=span),
-        open_loop(spread(keys["one"], servers[:1]), rate=demand, seconds=span),
-    )
-    return {
-        "steady": steady.summary(),
-        "steady_seconds": seconds,
-        "delta": {k: after[k] - before[k] for k in TOTALS},
-        "accepted_even": _per_window(even),
-        "accepted_one": _per_window(one),
-    }
+def _spread(key: str, apps: list[Server]) -> Callable[[int], Request]:
+    return lambda i: get(apps[i % len(apps)].url + WHOAMI, {HEADER: key})
 
 
 def _per_window(stream: Stream) -> list[int]:
@@ -155,49 +118,45 @@ def _per_window(stream: Stream) -> list[int]:
     return [counts[w] for w in sorted(counts)]
 
 
-def _section(
-    us: dict[str, float], rps: dict[str, float], across: dict[str, Any]
-) -> Section:
-    s = Section("limits", ("figure", "keystore", "baseline, same run", "target"))
-    s.data = {"us": us, "rps": rps, **across}
-    slower = ratio(us["limits"], us["verify"])
-    s.add(
-        "µs per warm check, rate limit + credits (`verify` + `spend`), in process",
-        f"{us['limits']:.2f}",
-        f"{us['verify']:.2f} without limits; {us['set']:.2f} set lookup",
-        judged("≤ 1.5x", slower <= 1.5, f"{slower:.2f}x"),
-    )
-    kept = ratio(rps["limited"], rps["plain"])
-    s.add(
-        "req/s, GET /v1/whoami, key with limits (one app)",
-        f"{rps['limited']:,.0f}",
-        f"{rps['plain']:,.0f} key without",
-        judged("≥ 0.95x", kept >= 0.95, f"{kept:.3f}x"),
-    )
-    d, steady = across["delta"], across["steady"]
-    waited = ratio(d["waits"], d["checks"])
+async def _across(
+    s: Section, quick: bool, servers: list[Server], keys: dict[str, str]
+) -> None:
+    before = await _totals(servers)
+    # The steady run ends where a window opens, so the next test starts at one.
+    seconds, windows = (4.0, 1) if quick else (30.0, 3)
+    seconds += WINDOW - (time.time() + seconds) % WINDOW
+    steady = await open_loop(_spread(keys["busy"], servers), STEADY_RATE, seconds)
+    after = await _totals(servers)
+    d = {k: after[k] - before[k] for k in TOTALS}
+    waited, writes = ratio(d["waits"], d["checks"]), d["writes"] / seconds * 3600
     s.add(
         f"requests that waited on Firestore, one key at {STEADY_RATE:g}/s over 3 apps",
         f"{waited:.2%}",
-        f"{d['checks']:,.0f} requests, statuses {steady['statuses']}",
+        f"{d['checks']:,.0f} requests, statuses {steady.summary()['statuses']}",
         judged("≤ 2%", waited <= 0.02),
     )
-    writes = d["writes"] / across["steady_seconds"] * 3600
     s.add(
         "limit writes per hour, same key",
         f"{writes:,.0f}",
         "3,600: one a second",
         judged("≤ 3,600", writes <= 3600),
     )
-    for name, where in (("even", "spread over 3 apps"), ("one", "all on one app")):
-        accepted = across[f"accepted_{name}"]
+    if (lag := time.time() % WINDOW) > 0.5:
+        await asyncio.sleep(WINDOW - lag)
+    # Whole windows only: a stray request in the next one would count as a window.
+    span = (time.time() // WINDOW + windows) * WINDOW - time.time() - 0.1
+    demand = 2 * LIMIT / WINDOW
+    even, one = await asyncio.gather(
+        open_loop(_spread(keys["even"], servers), demand, span),
+        open_loop(_spread(keys["one"], servers[:1]), demand, span),
+    )
+    for stream, where in ((even, "spread over 3 apps"), (one, "all on one app")):
+        accepted = _per_window(stream)
+        ok = bool(accepted) and all(0.8 * LIMIT <= n <= LIMIT for n in accepted)
         s.add(
             f"accepted per {WINDOW} s window, L = {LIMIT}, demand 2L {where}",
             ", ".join(map(str, accepted)),
             f"L = {LIMIT}",
-            judged(
-                "0.8L..L",
-                bool(accepted) and all(0.8 * LIMIT <= n <= LIMIT for n in accepted),
-            ),
+            judged("0.8L..L", ok),
         )
-    return s
+    s.data |= {"steady": steady.summary(), "delta": d}

@@ -1,4 +1,5 @@
-"""Closed-loop load on one server from the loaders' CPU: wrk, or rawhttp without."""
+"""Load from the loaders' CPU: closed loops on one server (wrk, or rawhttp
+without it), and the requests of open loops (rawhttp.open_loop)."""
 
 import asyncio
 import json
@@ -6,26 +7,39 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import rawhttp
 from benchmarks.procs import BenchmarkError, Children, CpuMeter, Cpus, Server
+from keystore.keys import new_key
 
 LUA = Path(__file__).resolve().parent / "wrk_report.lua"
 HEADER = "x-api-key"
+Target = tuple[Server, str, str | None]  # server, path, key
+
+
+def in_turn(url: str, keys: Sequence[str]) -> Callable[[int], rawhttp.Request]:
+    """An open loop's requests: GET ``url`` with each of ``keys`` in turn."""
+    return lambda i: rawhttp.get(url, {HEADER: keys[i % len(keys)]})
+
+
+def unknown(url: str) -> Callable[[int], rawhttp.Request]:
+    """An open loop's requests: GET ``url``, each with a new well-formed key that
+    no cache can answer (in ttl mode, a Firestore read each)."""
+    return lambda i: rawhttp.get(url, {HEADER: new_key("ks")})
 
 
 @dataclass(frozen=True)
 class Run:
     """One closed-loop run; ``errors``: answers not 2xx/3xx, failed connections;
-    CPU use of the server and of others on its CPU, in %."""
+    ``others_cpu_pct``: others' use of the server's CPU meanwhile."""
 
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
-    server_cpu_pct: float
     others_cpu_pct: float
 
 
@@ -43,19 +57,28 @@ class Loader:
     """Runs load against one server at a time, from the loaders' CPU."""
 
     def __init__(self, children: Children, cpus: Cpus, quick: bool) -> None:
-        self._children, self._cpus = children, cpus
+        self._children, self._cpus, self._repeats = children, cpus, 1 if quick else 2
         #: Seconds of each discarded warm-up run, and of each measured run.
         self.warmup, self.seconds = (0.0, 2.0) if quick else (2.0, 8.0)
         # BENCH_LOADER=python forces the fallback, to test it where wrk is.
         self.wrk = None if os.environ.get("BENCH_LOADER") == "python" else find_wrk()
-        #: Per run, others' use of the servers' CPU, in %.
-        self.others: list[float] = []
+        #: Every run, for the JSON and for the count of failed requests.
+        self.runs: list[Run] = []
 
     def describe(self) -> str:
         if self.wrk is None:
             return "benchmarks.rawhttp (no wrk)"
         done = subprocess.run([self.wrk, "-v"], capture_output=True, text=True)
         return (done.stdout + done.stderr).split(" [")[0]
+
+    async def best(self, targets: Sequence[Target]) -> list[float]:
+        """The best req/s of each target, measured in turns and, on a second
+        pass, in reverse: drift in the machine's speed falls on all alike."""
+        best = [0.0] * len(targets)
+        for rep in range(self._repeats):
+            for i in range(len(targets))[:: -1 if rep % 2 else 1]:
+                best[i] = max(best[i], (await self.measure(*targets[i])).rps)
+        return best
 
     async def measure(
         self,
@@ -67,17 +90,17 @@ class Loader:
     ) -> Run:
         """A warm-up run (if any), discarded, then the measured one; ``pause``:
         ms each connection waits before each request."""
-        headers = {HEADER: key} if key else {}
+        url, headers = server.url + path, {HEADER: key} if key else {}
         if self.warmup:
-            await self._figures(server.url + path, headers, self.warmup, conns, pause)
+            await self._figures(url, headers, self.warmup, conns, pause)
         meter = CpuMeter(server.pid, self._cpus.server)
-        f = await self._figures(server.url + path, headers, self.seconds, conns, pause)
-        used, others = meter.stop()
-        self.others.append(others)
+        f = await self._figures(url, headers, self.seconds, conns, pause)
         rps = f["requests"] / f["duration_us"] * 1e6
-        return Run(
-            rps, f["p50_us"] / 1e3, f["p99_us"] / 1e3, int(f["errors"]), used, others
+        run = Run(
+            rps, f["p50_us"] / 1e3, f["p99_us"] / 1e3, int(f["errors"]), meter.stop()
         )
+        self.runs.append(run)
+        return run
 
     async def _figures(
         self,
@@ -92,20 +115,12 @@ class Loader:
                 rawhttp.get(url, headers), seconds, conns, pause
             )
         # wrk takes whole seconds only; one thread, as the loaders have one CPU.
-        argv = [
-            self.wrk,
-            "-t1",
-            f"-c{conns}",
-            f"-d{max(1, round(seconds))}s",
-            "--latency",
-        ]
-        argv += ["--timeout", "5s", "-s", str(LUA), url]
+        argv = [self.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", url]
+        argv += ["--latency", "--timeout", "5s", "-s", str(LUA)]
         for name, value in headers.items():
             argv += ["-H", f"{name}: {value}"]
         env = {**os.environ, "WRK_PAUSE_MS": f"{pause:g}"}
-        proc = self._children.spawn(
-            argv, env=env, cpu=self._cpus.load, out=subprocess.PIPE
-        )
+        proc = self._children.spawn(argv, env, self._cpus.load, subprocess.PIPE)
         try:
             out, _ = await asyncio.to_thread(proc.communicate, timeout=seconds + 30)
         except subprocess.TimeoutExpired:

@@ -1,29 +1,25 @@
 """Modes: keystore's three sync modes side by side, over 10,000 keys.
 
 One demo app per mode (KEYSTORE_SYNC=ttl, reload, listen; usage counting off)
-on one collection: revocation, Firestore reads, cached-key latency while
-unknown keys arrive, start-up; in process, the warm check and memory per key.
-Baselines from the same run: the settings, each app alone, a set lookup, the
-sketch's cache, the floor app's start.
+on one collection, and in process one store per mode. Baselines from the same
+run: a set lookup, the settings, each app alone, and ttl, which loads nothing.
 """
 
 import asyncio
 import gc
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
 
 from benchmarks.harness import Bench
-from benchmarks.load import HEADER
+from benchmarks.load import HEADER, in_turn, unknown
 from benchmarks.procs import PROJECT, BenchmarkError, Server, on_cpu
-from benchmarks.rawhttp import Request, fetch, get, metrics, open_loop, until_status
+from benchmarks.rawhttp import fetch, get, metrics, open_loop, until_status
 from benchmarks.report import Section, judged
 from benchmarks.sketch import sync_client
-from benchmarks.stats import Call, per_call_us
+from benchmarks.stats import Call, per_call_us, percentile
 from keystore import ApiKeyStore, Settings
 from keystore.keys import hash_key, new_key, new_key_id
 from keystore.models import ApiKey
@@ -40,51 +36,51 @@ Keys = list[tuple[str, str]]  # (key id, key)
 
 
 async def run(bench: Bench) -> Section:
-    quick = bench.quick
+    s = Section("modes", ("figure", *MODES, "baseline, same run", "target"))
     # quick: a 5 s TTL and reload interval, so that revocation ends soon.
-    interval, n = (5.0, 2_000) if quick else (60.0, 10_000)
+    interval, n = (5.0, 2_000) if bench.quick else (60.0, 10_000)
+    collection = bench.collection("modes")
     settings = Settings(
         project=PROJECT,
-        collection=bench.collection("modes"),
+        collection=collection,
         cache_ttl=interval,
         reload_interval=interval,
         usage_flush_interval=0,
     )
-    keys = [
-        (key_id, new_key("ks", key_id)) for key_id in (new_key_id() for _ in range(n))
-    ]
+    keys = [(i, new_key("ks", i)) for i in (new_key_id() for _ in range(n))]
     bench.say(f"modes: writing {n:,} keys")
-    await asyncio.to_thread(_write, settings.collection, keys)
+    await asyncio.to_thread(_write, collection, keys)
     with on_cpu(bench.cpus.server):
         bench.say("modes: in process: warm checks, memory per key")
-        ip = await _in_process(quick, settings, [k for _, k in keys])
-    env = {
-        "KEYSTORE_COLLECTION": settings.collection,
-        "KEYSTORE_USAGE_FLUSH_INTERVAL": "0",
-        "KEYSTORE_CACHE_TTL": f"{interval:g}",
-        "KEYSTORE_RELOAD_INTERVAL": f"{interval:g}",
+        await _in_process(s, bench.quick, settings, [key for _, key in keys])
+    env = {"KEYSTORE_COLLECTION": collection, "KEYSTORE_USAGE_FLUSH_INTERVAL": "0"}
+    env |= {
+        "KEYSTORE_CACHE_TTL": str(interval),
+        "KEYSTORE_RELOAD_INTERVAL": str(interval),
     }
     async with AsyncExitStack() as stack:
         servers: dict[str, Server] = {}
-        ready: dict[str, dict[str, float]] = {}
+        ready: dict[str, tuple[float, float]] = {}
         for mode in MODES:
             since = time.monotonic()
-            server = bench.serve(mode, "api.main:app", **env, KEYSTORE_SYNC=mode)
-            servers[mode] = await stack.enter_async_context(server)
-            ready[mode] = await _ready(servers[mode], since)
+            app = bench.serve(mode, "api.main:app", **env, KEYSTORE_SYNC=mode)
+            servers[mode] = server = await stack.enter_async_context(app)
+            while (await fetch(get(f"{server.url}/readyz")))[0] != 200:
+                await asyncio.sleep(0.02)
+            ready[mode] = time.monotonic() - since, sum((await _reads(server)).values())
+        s.add(
+            "s from process start to ready (/readyz); Firestore reads to get there",
+            *(f"{ready[m][0]:.2f}; {ready[m][1]:,.0f}" for m in MODES),
+            f"ttl, which loads nothing; {n:,} rows",
+            judged("listen: one load", abs(ready["listen"][1] - n) <= n / 100),
+        )
         with on_cpu(bench.cpus.load):
             bench.say(f"modes: {REVOKED} rows deleted, then reads over a TTL")
-            window = 7.0 if quick else interval + 2
-            changes = await _revocation_and_reads(
-                interval, window, servers, keys, settings
-            )
-            stalls = {}
-            for mode in MODES:
-                bench.say(f"modes: {mode}: a cached key while unknown keys arrive")
-                stalls[mode] = await _stall(
-                    2.0 if quick else 8.0, servers[mode], keys[0][1]
-                )
-    return _section(n, interval, ip, ready, changes, stalls)
+            window = 7.0 if bench.quick else interval + 2
+            await _changes(s, interval, window, servers, keys, collection)
+            bench.say("modes: a cached key alone, then while unknown keys arrive")
+            await _stalls(s, 2.0 if bench.quick else 8.0, servers, keys[0][1])
+    return s
 
 
 def _write(collection: str, keys: Keys) -> None:
@@ -116,55 +112,70 @@ async def _open(store: ApiKeyStore) -> ApiKeyStore:
 
 
 async def _in_process(
-    quick: bool, settings: Settings, keys: list[str]
-) -> dict[str, Any]:
-    key = keys[0]
-    stores = [
-        await _open(ApiKeyStore(replace(settings, sync=mode))) for mode in SYNC_MODES
-    ]
+    s: Section, quick: bool, settings: Settings, keys: list[str]
+) -> None:
+    stores = [await _open(ApiKeyStore(replace(settings, sync=m))) for m in SYNC_MODES]
 
     def check(store: ApiKeyStore) -> Call:
-        return lambda: store.verify(key)
+        return lambda: store.verify(keys[0])
 
     async def set_lookup() -> bool:
-        return key in {key}
+        return keys[0] in {keys[0]}
 
     try:
-        calls: dict[str, Call] = {s.settings.sync: check(s) for s in stores}
+        calls: dict[str, Call] = {
+            m: check(st) for m, st in zip(MODES, stores, strict=True)
+        }
+        for store in stores:
+            await store.verify(keys[0])
         us = await per_call_us(
             {**calls, "set": set_lookup}, 10_000 if quick else 50_000
         )
     finally:
         for store in stores:
             await store.aclose()
-    memory = keys[: 100 if quick else 1000]
+    s.add(
+        "µs per warm check (`verify`), in process",
+        *(f"{us[m]:.2f}" for m in MODES),
+        f"{us['set']:.2f} set lookup",
+        judged("≤ 5", all(us[m] <= 5 for m in MODES)),
+    )
+    held = keys[: 100 if quick else 1000]
     per_key = [
-        await _bytes_per_key(replace(settings, sync=m), memory) for m in SYNC_MODES
+        await _bytes_per_key(replace(settings, sync=m), held) for m in SYNC_MODES
     ]
-    return {"us": us, "bytes_per_key": dict(zip(MODES, per_key, strict=True))}
-
-
-def _traced() -> int:
-    gc.collect()
-    return tracemalloc.get_traced_memory()[0]
+    s.add(
+        "bytes per key held in memory (tracemalloc)",
+        *(f"{b:,.0f}" for b in per_key),
+        "ttl's, per key in use",
+        "(info: ttl holds only keys in use)",
+    )
+    s.data |= {"us": us, "bytes_per_key": per_key}
 
 
 async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
-    """Python memory per row held (tracemalloc: not gRPC's buffers in C); reload,
-    listen: from before open() to ready; ttl: as ``keys`` are looked up."""
+    """Python memory per row held (not gRPC's buffers in C); reload, listen:
+    from before open() to ready; ttl: as ``keys`` are looked up."""
     # No lookup budget: the ttl loop reads as fast as the emulator answers.
     store = ApiKeyStore(replace(settings, max_lookups_per_second=0))
     ttl = settings.sync == "ttl"
     if ttl:
         await _open(store)
-        for k in keys[:20]:  # the client connected, its code paths warm
-            await store.verify(k)
+        for key in keys[:20]:  # the client connected, its code paths warm
+            await store.verify(key)
     tracemalloc.start()
     try:
-        before, held = _traced(), len(store.source)
-        await (asyncio.gather(*map(store.verify, keys[20:])) if ttl else _open(store))
-        await asyncio.sleep(0.2)  # the listener's first snapshot lands
-        return (_traced() - before) / max(1, len(store.source) - held)
+        gc.collect()
+        before, held = tracemalloc.get_traced_memory()[0], len(store.source)
+        if ttl:  # one at a time: many at once leave the client's buffers grown
+            for key in keys[20:]:
+                await store.verify(key)
+        else:
+            await _open(store)
+            await asyncio.sleep(0.2)  # the listener's first snapshot lands
+        gc.collect()
+        added = tracemalloc.get_traced_memory()[0] - before
+        return added / max(1, len(store.source) - held)
     finally:
         tracemalloc.stop()
         await store.aclose()
@@ -176,120 +187,61 @@ async def _reads(server: Server) -> dict[str, float]:
     return {name[len(READS) : -2]: n for name, n in found if name.startswith(READS)}
 
 
-async def _ready(server: Server, since: float) -> dict[str, float]:
-    """Seconds from ``since`` to ready (/readyz), and the reads it took."""
-    while (await fetch(get(f"{server.url}/readyz")))[0] != 200:
-        if time.monotonic() > since + 120:
-            raise BenchmarkError(f"{server.name} not ready in 120 s")
-        await asyncio.sleep(0.02)
-    seconds = time.monotonic() - since
-    return {"seconds": seconds, "reads": sum((await _reads(server)).values())}
+def _p99_max(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    return f"{percentile(ordered, 99) * 1e3:.1f} / {percentile(ordered, 100) * 1e3:.1f}"
 
 
-async def _revocation_and_reads(
+async def _changes(
+    s: Section,
     interval: float,
     window: float,
     servers: dict[str, Server],
     keys: Keys,
-    settings: Settings,
-) -> dict[str, Any]:
-    """Seconds from the delete to the first refusal, per app and key; and, once
-    listen has seen it, reads per hour of valid keys while ttl and reload catch up."""
-    whoami = {mode: servers[mode].url + "/v1/whoami" for mode in MODES}
-    load = [k for _, k in keys[:LOAD_KEYS]]
+    collection: str,
+) -> None:
+    """Seconds from a delete of REVOKED rows to each one's refusal in each app;
+    then, once listen has seen it, reads per hour of valid keys in each."""
+    whoami = {mode: server.url + "/v1/whoami" for mode, server in servers.items()}
+    load = [key for _, key in keys[:LOAD_KEYS]]
     revoked = keys[LOAD_KEYS : LOAD_KEYS + REVOKED]
-    bystander = keys[LOAD_KEYS + REVOKED][1]
     # Each key used just before the delete: the worst case for ttl.
     for url in whoami.values():
-        for key in [*load, *(k for _, k in revoked), bystander]:
+        for key in [*load, *(key for _, key in revoked)]:
             if (await fetch(get(url, {HEADER: key})))[0] != 200:
                 raise BenchmarkError(f"{url} refused a valid key")
-    # A key that stays valid, asked for throughout: how long the listen app
-    # keeps requests waiting while it applies the change.
-    asked = get(whoami["listen"], {HEADER: bystander})
-    bystanders = asyncio.ensure_future(
-        open_loop(lambda i: asked, rate=CACHED_RATE, seconds=5)
+    # A valid key asked for throughout, in listen: how long the app keeps
+    # requests waiting while it applies the change; the 2 s before, alone.
+    bystander = asyncio.ensure_future(
+        open_loop(in_turn(whoami["listen"], load[:1]), CACHED_RATE, 6)
     )
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2)
     with sync_client() as client:
         batch = client.batch()  # one commit: every app sees one change
         for key_id, _ in revoked:
-            batch.delete(client.collection(settings.collection).document(key_id))
-        written = time.monotonic()  # before the commit is sent: the worst reading
+            batch.delete(client.collection(collection).document(key_id))
+        # Before the commit is sent: the worst reading.
+        written, written_at = time.monotonic(), time.time()
         await asyncio.to_thread(batch.commit)
 
-    def poll(mode: str, key: str) -> Awaitable[float | None]:
-        request = get(whoami[mode], {HEADER: key})
+    def refused(mode: str, key: str) -> asyncio.Future[float | None]:
         pause, deadline = (0.05 if mode == "listen" else 0.2), written + interval + 20
-        return until_status(request, 401, written, pause, deadline)
+        asked = get(whoami[mode], {HEADER: key})
+        return asyncio.ensure_future(until_status(asked, 401, written, pause, deadline))
 
-    polls = {
-        mode: asyncio.gather(*(poll(mode, k) for _, k in revoked)) for mode in MODES
-    }
-    await polls["listen"]
+    polls = {mode: [refused(mode, key) for _, key in revoked] for mode in MODES}
+    await asyncio.gather(*polls["listen"])
     await asyncio.sleep(0.5)  # reads still in flight
-    started = time.monotonic()
     before = {mode: await _reads(servers[mode]) for mode in MODES}
-
-    def cycle(url: str) -> Callable[[int], Request]:
-        return lambda i: get(url, {HEADER: load[i % LOAD_KEYS]})
+    started = time.monotonic()
 
     await asyncio.gather(
-        *(open_loop(cycle(u), rate=VALID_RATE, seconds=window) for u in whoami.values())
+        *(open_loop(in_turn(u, load), VALID_RATE, window) for u in whoami.values())
     )
     window = time.monotonic() - started
     after = {mode: await _reads(servers[mode]) for mode in MODES}
-    seconds = {mode: list(await polls[mode]) for mode in MODES}
-    reads = {m: sum(after[m].values()) - sum(before[m].values()) for m in MODES}
-    # In ttl each revoked key is read once more, when its row's TTL runs out:
-    # the cost of refusing it, not of the valid keys counted here.
-    reads["ttl"] -= sum(
-        1 for t in seconds["ttl"] if t is not None and written + t > started
-    )
-    return {
-        "seconds": seconds,
-        "bystanders": (await bystanders).summary(),
-        "reads_per_hour": {mode: n * 3600 / window for mode, n in reads.items()},
-    }
-
-
-async def _stall(seconds: float, server: Server, key: str) -> dict[str, Any]:
-    """A cached key at CACHED_RATE alone, then while unknown keys arrive."""
-    url = server.url + "/v1/whoami"
-    cached = get(url, {HEADER: key})
-    idle = await open_loop(lambda i: cached, rate=CACHED_RATE, seconds=seconds)
-    before = (await _reads(server)).get("check", 0)
-    unknown = asyncio.ensure_future(
-        open_loop(
-            lambda i: get(url, {HEADER: new_key("ks")}),
-            rate=UNKNOWN_RATE,
-            seconds=seconds + 1,
-        )
-    )
-    await asyncio.sleep(0.5)
-    busy = await open_loop(lambda i: cached, rate=CACHED_RATE, seconds=seconds)
-    misses = await unknown
-    await asyncio.sleep(0.3)  # reads still in flight
-    reads = (await _reads(server)).get("check", 0) - before
-    return {
-        "idle": idle.summary(),
-        "busy": busy.summary(),
-        "reads_per_unknown": reads / max(1, len(misses.answers)),
-    }
-
-
-def _section(
-    n: int,
-    interval: float,
-    ip: dict[str, Any],
-    ready: dict[str, dict[str, float]],
-    changes: dict[str, Any],
-    stalls: dict[str, Any],
-) -> Section:
-    s = Section("modes", ("figure", *MODES, "baseline, same run", "target"))
-    s.data = {"inproc": ip, "ready": ready, "revocation": changes, "stalls": stalls}
     times = {
-        m: sorted(float("inf") if t is None else t for t in changes["seconds"][m])
+        m: sorted(t or float("inf") for t in await asyncio.gather(*polls[m]))
         for m in MODES
     }
     ok = times["listen"][-1] <= 2 and all(
@@ -301,68 +253,50 @@ def _section(
         f"TTL and reload interval {interval:g} s",
         judged("listen ≤ 2; ttl, reload ≤ interval", ok),
     )
-    by, idle = changes["bystanders"], stalls["listen"]["idle"]
+    answers = (await bystander).answers
+    alone, during = (
+        [a.seconds for a in answers if (a.sent < written_at) == b]
+        for b in (True, False)
+    )
     s.add(
         "listen: a valid key's p99 / max ms while the change is read",
         "",
         "",
-        f"{by['p99_ms']:.1f} / {by['max_ms']:.0f}",
-        f"{idle['p99_ms']:.1f} / {idle['max_ms']:.0f} listen, alone",
+        _p99_max(during),
+        f"{_p99_max(alone)} the 2 s before",
         "(info)",
     )
-    first = {m: ready[m]["reads"] for m in MODES}
-    s.add(
-        "Firestore reads to first ready",
-        *(f"{first[m]:,.0f}" for m in MODES),
-        f"{n:,} rows",
-        judged("listen: one load", abs(first["listen"] - n) <= n / 100),
-    )
-    per_hour = changes["reads_per_hour"]
+    reads = {m: sum(after[m].values()) - sum(before[m].values()) for m in MODES}
+    # In ttl each revoked key is read once more, when its row's TTL runs out:
+    # the cost of refusing it, not of the valid keys counted here.
+    reads["ttl"] -= sum(1 for t in times["ttl"] if written + t > started)
     s.add(
         f"Firestore reads per hour, {LOAD_KEYS} keys at {VALID_RATE:g} req/s",
-        *(f"{per_hour[m]:,.0f}" for m in MODES),
+        *(f"{reads[m] * 3600 / window:,.0f}" for m in MODES),
         f"one per key per interval: {LOAD_KEYS * 3600 / interval:,.0f} ttl, "
-        f"{n * 3600 / interval:,.0f} reload",
-        judged("listen 0", per_hour["listen"] == 0),
+        f"{len(keys) * 3600 / interval:,.0f} reload",
+        judged("listen 0", reads["listen"] == 0),
     )
-    s.add(
-        f"Firestore reads per unknown key ({UNKNOWN_RATE:g}/s)",
-        *(f"{stalls[m]['reads_per_unknown']:.2f}" for m in MODES),
-        "-",
-        "(info)",
-    )
-    for phase, label, baseline in (
-        ("idle", f"cached-key p99 / max ms at {CACHED_RATE:g} req/s, alone", "-"),
-        (
-            "busy",
-            f"same, while {UNKNOWN_RATE:g} unknown keys/s arrive",
-            "the row above",
-        ),
-    ):
-        cells = (stalls[m][phase] for m in MODES)
-        s.add(
-            label,
-            *(f"{c['p99_ms']:.1f} / {c['max_ms']:.1f}" for c in cells),
-            baseline,
-            "(info)",
+    s.data |= {"revocation_s": times, "reads_in_window": reads, "window_s": window}
+
+
+async def _stalls(
+    s: Section, seconds: float, servers: dict[str, Server], key: str
+) -> None:
+    """A cached key at CACHED_RATE alone, then while unknown keys arrive."""
+    alone, busy = [], []
+    for server in servers.values():
+        url = server.url + "/v1/whoami"
+        alone.append(await open_loop(in_turn(url, [key]), CACHED_RATE, seconds))
+        misses = asyncio.ensure_future(
+            open_loop(unknown(url), UNKNOWN_RATE, seconds + 1)
         )
-    us, per_key = ip["us"], ip["bytes_per_key"]
-    s.add(
-        "µs per warm check (`verify`), in process",
-        *(f"{us[m]:.2f}" for m in MODES),
-        f"{us['set']:.2f} set lookup",
-        judged("≤ 5", all(us[m] <= 5 for m in MODES)),
-    )
-    s.add(
-        "bytes per key held in memory",
-        *(f"{per_key[m]:,.0f}" for m in MODES),
-        "ttl's, per key in use",
-        "(info: ttl holds only keys in use)",
-    )
-    s.add(
-        "s from process start to ready",
-        *(f"{ready[m]['seconds']:.2f}" for m in MODES),
-        "ttl's: it loads nothing",
-        "(info)",
-    )
-    return s
+        await asyncio.sleep(0.5)
+        busy.append(await open_loop(in_turn(url, [key]), CACHED_RATE, seconds))
+        await misses
+    for label, streams in (
+        (f"cached-key p99 / max ms at {CACHED_RATE:g} req/s, alone", alone),
+        (f"same, while {UNKNOWN_RATE:g} unknown keys/s arrive", busy),
+    ):
+        cells = [_p99_max([a.seconds for a in stream.answers]) for stream in streams]
+        s.add(label, *cells, "the row above" if streams is busy else "-", "(info)")

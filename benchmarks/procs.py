@@ -51,16 +51,6 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
                 os.sched_setaffinity(int(tid), cpus)
 
 
-def pin_group(group: int, cpu: int | None) -> None:
-    """Pin every process of a process group (the emulator's script and JVM)."""
-    if cpu is None:
-        return
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with suppress(OSError):
-            if os.getpgid(int(pid)) == group:
-                pin_tree(int(pid), {cpu})
-
-
 @contextmanager
 def on_cpu(cpu: int | None) -> Iterator[None]:
     """This process on ``cpu`` for the block: in-process figures on the servers'
@@ -93,19 +83,19 @@ def _ticks(cpu: int) -> tuple[int, int]:
 
 
 class CpuMeter:
-    """The server's CPU use from start to stop, and others' on its CPU (busy
-    beyond the server's use), in %: what says how far to trust a run here."""
+    """Others' use of the server's CPU from start to stop (busy beyond the
+    server's own use), in %: what says how far to trust a run on this machine."""
 
     def __init__(self, pid: int, cpu: int | None) -> None:
         self._pid, self._cpu = pid, cpu
         self._start = time.monotonic(), cpu_seconds(pid), _ticks(cpu or 0)
 
-    def stop(self) -> tuple[float, float]:
+    def stop(self) -> float:
         elapsed = time.monotonic() - self._start[0]
         server = 100 * (cpu_seconds(self._pid) - self._start[1]) / elapsed
         (busy, total), before = _ticks(self._cpu or 0), self._start[2]
         others = 100 * (busy - before[0]) / max(1, total - before[1]) - server
-        return server, max(0.0, others) if self._cpu is not None else 0.0
+        return max(0.0, others) if self._cpu is not None else 0.0
 
 
 class Children:

@@ -25,22 +25,11 @@ class Request:
 
 
 def get(url: str, headers: Mapping[str, str] | None = None, tag: str = "") -> Request:
-    return request("GET", url, headers, tag=tag)
-
-
-def request(
-    method: str,
-    url: str,
-    headers: Mapping[str, str] | None,
-    body: str = "",
-    tag: str = "",
-) -> Request:
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    lines += [f"content-length: {len(body)}"] if body else []
-    raw = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
     return Request((parts.hostname or "127.0.0.1", parts.port or 80), raw, tag)
 
 
@@ -97,7 +86,7 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], 
 
 
 async def fetch(req: Request) -> tuple[int, str]:
-    """One request from the harness (readiness, /metrics, the emulator's admin)."""
+    """One request from the harness (readiness, /metrics): (status, text)."""
     conn = Connection()
     try:
         answer = await asyncio.wait_for(conn.send(req), 60)
