@@ -8,9 +8,11 @@ a baseline measured in the same run; all go to benchmarks/results/latest.json
 
 import argparse
 import os
+import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from benchmarks import core, limits, modes, soak
 from benchmarks.harness import Bench, guarded
@@ -27,33 +29,36 @@ SUITES: dict[str, Callable[[Bench], Awaitable[Section]]] = {
 
 
 async def _run(bench: Bench, names: list[str]) -> int:
-    machine = bench.machine()
+    started, load = datetime.now(UTC), os.getloadavg()[0]
     sections = []
     for name in names:
         bench.say(f"{name}: starting")
         sections.append(await SUITES[name](bench))
-    others = sorted(run.others_cpu_pct for run in bench.loader.runs)
+    cpus, runs = bench.cpus, bench.loader.runs
+    pinned = f"servers on CPU {cpus.server}, the rest on CPU {cpus.load}"
     heading = (
-        f"keystore benchmarks{' --quick' if bench.quick else ''}, {machine}; "
-        f"{time.monotonic() - bench.started:.0f} s, load average "
+        f"keystore benchmarks{' --quick' if bench.quick else ''}, "
+        f"{started:%Y-%m-%d %H:%M} UTC, {time.monotonic() - bench.started:.0f} s; "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"({pinned if cpus.server is not None else 'not pinned'}), "
+        f"{bench.loader.describe()}; load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end"
     )
-    if others:
+    if others := sorted(run.others_cpu_pct for run in runs):
         heading += (
-            f". Others' use of the servers' CPU during the load runs: median "
+            ". Others' use of the servers' CPU during the load runs: median "
             f"{percentile(others, 50):.0f}%, max {others[-1]:.0f}%"
         )
-    if errors := sum(run.errors for run in bench.loader.runs):
+    if errors := sum(run.errors for run in runs):
         heading += f". {errors} requests failed in the load runs: figures invalid"
     print(heading + ".")
     for section in sections:
         print(f"\n{section.markdown()}")
     name = "quick.json" if bench.quick else "latest.json"
     write_json(ROOT / "benchmarks" / "results" / name, heading, sections)
-    failed = [f"{s.name}: {f}" for s in sections for f in s.failures]
-    for failure in failed:
+    for failure in (f"{s.name}: {f}" for s in sections for f in s.failures):
         print(f"FAILED {failure}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if any(s.failures for s in sections) else 0
 
 
 def main() -> int:

@@ -25,10 +25,10 @@ class WhoAmI(BaseModel):
     id: str
     name: str
     scopes: list[str]
-    expires_at: datetime | None
-    owner: str | None
-    rate_limit: str | None
-    credits: int | None
+    expires_at: datetime | None = None
+    owner: str | None = None
+    rate_limit: str | None = None
+    credits: int | None = None
 
 
 def create_app() -> FastAPI:
@@ -51,15 +51,7 @@ def create_app() -> FastAPI:
 
     @router.get("/v1/whoami")
     async def whoami(key: Annotated[str, Security(current_key)]) -> WhoAmI:
-        return WhoAmI(
-            id=key[3:15],
-            name="floor",
-            scopes=["reports:read"],
-            expires_at=None,
-            owner=None,
-            rate_limit=None,
-            credits=None,
-        )
+        return WhoAmI(id=key[3:15], name="floor", scopes=["reports:read"])
 
     app = FastAPI(title="keystore benchmark floor")
     app.include_router(router)

@@ -3,7 +3,6 @@ and the guard that ends every child process whatever happens."""
 
 import asyncio
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -13,7 +12,6 @@ import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,7 +19,6 @@ from typing import Any
 from benchmarks.emulator import Emulator
 from benchmarks.load import Loader
 from benchmarks.procs import BenchmarkError, Children, Cpus, Server, serve
-from benchmarks.sketch import sync_client
 
 
 @dataclass
@@ -50,26 +47,6 @@ class Bench:
         env = {**os.environ, "KEYSTORE_LOG_LEVEL": "WARNING", **env}
         return serve(self.children, name, app, env, self.cpus.server, self.work)
 
-    def machine(self) -> str:
-        """What the run was measured on, in a sentence."""
-        cpus = self.cpus
-        pinned = f"servers on CPU {cpus.server}, the rest on {cpus.load}"
-        return (
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; Python "
-            f"{platform.python_version()}, {os.cpu_count()} CPUs ("
-            f"{pinned if cpus.server is not None else 'not pinned'}), "
-            f"{self.loader.describe()}; load average {os.getloadavg()[0]:.2f}"
-        )
-
-
-def _warm_up() -> None:
-    """A first write and read: a fresh emulator's take seconds, longer than the
-    deadline keystore gives a call."""
-    with sync_client() as client:
-        doc = client.collection("warm_up").document("first")
-        doc.set({"at": time.time()})
-        doc.get()
-
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
@@ -87,7 +64,6 @@ def guarded(quick: bool, run: Callable[[Bench], Coroutine[Any, Any, int]]) -> in
     status = 1
     try:
         emulator.start()
-        _warm_up()
         loader = Loader(children, cpus, quick)
         status = asyncio.run(run(Bench(quick, work, children, cpus, emulator, loader)))
     except KeyboardInterrupt:

@@ -132,7 +132,7 @@ async def _across(
     s.add(
         f"requests that waited on Firestore, one key at {STEADY_RATE:g}/s over 3 apps",
         f"{waited:.2%}",
-        f"{d['checks']:,.0f} requests, statuses {steady.summary()['statuses']}",
+        f"{d['checks']:,.0f} requests, statuses {steady.statuses}",
         judged("≤ 2%", waited <= 0.02),
     )
     s.add(
@@ -159,4 +159,4 @@ async def _across(
             f"L = {LIMIT}",
             judged("0.8L..L", ok),
         )
-    s.data |= {"steady": steady.summary(), "delta": d}
+    s.data |= {"steady": steady.statuses, "delta": d}

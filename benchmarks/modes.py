@@ -7,18 +7,19 @@ run: a set lookup, the settings, each app alone, and ttl, which loads nothing.
 
 import asyncio
 import gc
+import os
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
+from benchmarks.emulator import sync_client
 from benchmarks.harness import Bench
 from benchmarks.load import HEADER, in_turn, unknown
-from benchmarks.procs import PROJECT, BenchmarkError, Server, on_cpu
+from benchmarks.procs import BenchmarkError, Server, on_cpu
 from benchmarks.rawhttp import fetch, get, metrics, open_loop, until_status
 from benchmarks.report import Section, judged
-from benchmarks.sketch import sync_client
 from benchmarks.stats import Call, per_call_us, percentile
 from keystore import ApiKeyStore, Settings
 from keystore.keys import hash_key, new_key, new_key_id
@@ -40,24 +41,18 @@ async def run(bench: Bench) -> Section:
     # quick: a 5 s TTL and reload interval, so that revocation ends soon.
     interval, n = (5.0, 2_000) if bench.quick else (60.0, 10_000)
     collection = bench.collection("modes")
-    settings = Settings(
-        project=PROJECT,
-        collection=collection,
-        cache_ttl=interval,
-        reload_interval=interval,
-        usage_flush_interval=0,
-    )
+    env = {"KEYSTORE_COLLECTION": collection, "KEYSTORE_USAGE_FLUSH_INTERVAL": "0"}
+    env |= {
+        "KEYSTORE_CACHE_TTL": str(interval),
+        "KEYSTORE_RELOAD_INTERVAL": str(interval),
+    }
+    settings = Settings.from_env({**os.environ, **env})  # as the apps read them
     keys = [(i, new_key("ks", i)) for i in (new_key_id() for _ in range(n))]
     bench.say(f"modes: writing {n:,} keys")
     await asyncio.to_thread(_write, collection, keys)
     with on_cpu(bench.cpus.server):
         bench.say("modes: in process: warm checks, memory per key")
         await _in_process(s, bench.quick, settings, [key for _, key in keys])
-    env = {"KEYSTORE_COLLECTION": collection, "KEYSTORE_USAGE_FLUSH_INTERVAL": "0"}
-    env |= {
-        "KEYSTORE_CACHE_TTL": str(interval),
-        "KEYSTORE_RELOAD_INTERVAL": str(interval),
-    }
     async with AsyncExitStack() as stack:
         servers: dict[str, Server] = {}
         ready: dict[str, tuple[float, float]] = {}
@@ -167,7 +162,7 @@ async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
     try:
         gc.collect()
         before, held = tracemalloc.get_traced_memory()[0], len(store.source)
-        if ttl:  # one at a time: many at once leave the client's buffers grown
+        if ttl:  # one at a time, as requests come: rows, not calls in flight
             for key in keys[20:]:
                 await store.verify(key)
         else:

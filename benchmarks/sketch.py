@@ -8,30 +8,13 @@ documents whose id is the key's SHA-256 hex.
 
 import hashlib
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from cachetools import TTLCache, cached
 from google.cloud import firestore
 
-from benchmarks.procs import PROJECT
-
 Row = dict[str, Any]
-
-
-def document_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-@contextmanager
-def sync_client() -> Iterator[firestore.Client]:
-    """The sketch's kind of client, closed at the end of the block."""
-    client = firestore.Client(project=PROJECT)
-    try:
-        yield client
-    finally:
-        client.close()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 class Sketch:
@@ -55,5 +38,7 @@ class Sketch:
     def _get(self, key: str) -> Row | None:
         with self._count_lock:
             self.reads += 1
-        snapshot = self._collection.document(document_id(key)).get()
+        snapshot = self._collection.document(
+            hashlib.sha256(key.encode()).hexdigest()
+        ).get()
         return (snapshot.to_dict() or {}) if snapshot.exists else None

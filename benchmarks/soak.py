@@ -33,7 +33,7 @@ MEMORY_GROWTH_MB = 50
 
 
 async def run(bench: Bench) -> Section:
-    seconds, outage = (24.0, 8.0) if bench.quick else (75.0, 15.0)
+    seconds, outage = (20.0, 6.0) if bench.quick else (75.0, 15.0)
     bench.emulator.clear()  # the export then holds this suite's rows only
     settings = Settings(project=PROJECT, collection=bench.collection("soak"))
     async with ApiKeyStore(settings) as store:
