@@ -118,8 +118,11 @@ async def _latency(
             stream = await misses
             bench.say(f"core: {level} {app}: p99 {_p99(*runs[app])}")
             answered = sum(a.status == 401 for a in stream.answers) / stream.seconds
-            if answered < 0.95 * MISS_RATE:
-                s.notes.append(f"{level}, {app}: unknown keys got {stream.statuses}.")
+            if answered < 0.95 * MISS_RATE:  # refused (503), or left waiting
+                got = f"{stream.statuses}, {stream.lost} lost"
+                s.notes.append(
+                    f"{level}, {app}: {answered:.0f} unknown keys/s ({got})."
+                )
         (idle, busy), floor = runs["keystore"], runs["floor"]
         target = judged("≤ 1.5x", busy.p99_ms <= 1.5 * idle.p99_ms)
         if level != "steady":

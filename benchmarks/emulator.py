@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from google.cloud import firestore
 
-from benchmarks.procs import HOST, PROJECT, ROOT, BenchmarkError, on_cpu
+from benchmarks.procs import HOST, PROJECT, ROOT, BenchmarkError
 
 
 @contextmanager
@@ -24,8 +25,7 @@ def sync_client() -> Iterator[firestore.Client]:
 
 
 class Emulator:
-    """Started from this process while it is on ``cpu``: the script and its JVM
-    inherit the pinning."""
+    """Started and stopped by emulator.sh, pinned to ``cpu``."""
 
     def __init__(self, state_dir: Path, cpu: int | None) -> None:
         self.state_dir, self.cpu, self.port = state_dir, cpu, 0
@@ -34,9 +34,12 @@ class Emulator:
         env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir), **env}
         if self.port:  # a restart comes back where the servers look for it
             env["KEYSTORE_EMULATOR_PORT"] = str(self.port)
+        # taskset, not this process's affinity: the script and its JVM inherit
+        # it, and a restart in the soak must not pin the loader beside the JVM.
         argv = [str(ROOT / "emulator.sh"), command]
-        with on_cpu(self.cpu):
-            done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if self.cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(self.cpu), *argv]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise BenchmarkError(f"emulator.sh {command} failed:\n{done.stderr}")
 
