@@ -79,13 +79,13 @@ async def _throughput(
         "req/s, GET /healthz (open route), wrk, 32 connections",
         f"{ks_h:,.0f}",
         f"{fl_h:,.0f} floor's open route",
-        judged("≥ 0.95x", h >= 0.95, f"{h:.2f}x"),
+        judged("≥ 0.95x", h >= 0.95, f"{h:.3f}x"),
     )
     s.add(
         "req/s, GET /v1/whoami (cached key)",
         f"{ks_w:,.0f}",
         f"{fl_w:,.0f} floor's guarded route",
-        judged("≥ 0.90x", w >= 0.90, f"{w:.2f}x"),
+        judged("≥ 0.90x", w >= 0.90, f"{w:.3f}x"),
     )
     note = f"{ratio(ks, fl):.2f}x the floor's"
     if fl < 0.95:
