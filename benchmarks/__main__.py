@@ -1,5 +1,79 @@
-"""``python -m benchmarks``: run everything, print the table, write the JSON."""
+"""``python -m benchmarks [--quick] [--only core,modes,limits,soak]``.
 
-from benchmarks.run import main
+One Firestore emulator for all suites; servers on one CPU, loaders and the
+emulator on the other. Each suite prints one Markdown table, each figure beside
+a baseline measured in the same run; all go to benchmarks/results/latest.json
+(quick.json with --quick). Exits 1 if the soak's checks fail.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from benchmarks import core, limits, modes, soak
+from benchmarks.harness import Bench, guarded
+from benchmarks.procs import ROOT
+from benchmarks.report import Section, write_json
+from benchmarks.stats import percentile
+
+SUITES: dict[str, Callable[[Bench], Awaitable[Section]]] = {
+    "core": core.run,
+    "modes": modes.run,
+    "limits": limits.run,
+    "soak": soak.run,  # last: it stops and restarts the emulator
+}
+
+
+async def _run(bench: Bench, names: list[str]) -> int:
+    started, load = datetime.now(UTC), os.getloadavg()[0]
+    sections = []
+    for name in names:
+        bench.say(f"{name}: starting")
+        sections.append(await SUITES[name](bench))
+    cpus, runs = bench.cpus, bench.loader.runs
+    pinned = f"servers on CPU {cpus.server}, the rest on CPU {cpus.load}"
+    heading = (
+        f"keystore benchmarks{' --quick' if bench.quick else ''}, "
+        f"{started:%Y-%m-%d %H:%M} UTC, {time.monotonic() - bench.started:.0f} s; "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"({pinned if cpus.server is not None else 'not pinned'}), "
+        f"{bench.loader.describe()}; load average {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
+    if others := sorted(run.others_cpu_pct for run in runs):
+        heading += (
+            ". Others' use of the servers' CPU during the load runs: median "
+            f"{percentile(others, 50):.0f}%, max {others[-1]:.0f}%"
+        )
+    if errors := sum(run.errors for run in runs):
+        heading += f". {errors} requests failed in the load runs: figures invalid"
+    print(heading + ".")
+    for section in sections:
+        print(f"\n{section.markdown()}")
+    name = "quick.json" if bench.quick else "latest.json"
+    write_json(ROOT / "benchmarks" / "results" / name, heading, sections)
+    for failure in (f"{s.name}: {f}" for s in sections for f in s.failures):
+        print(f"FAILED {failure}", file=sys.stderr)
+    return 1 if any(s.failures for s in sections) else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs, ~2 minutes")
+    parser.add_argument(
+        "--only", default=",".join(SUITES), help="suites, comma-separated"
+    )
+    args = parser.parse_args()
+    names = [name for name in SUITES if name in args.only.split(",")]
+    if unknown := set(args.only.split(",")) - set(SUITES):
+        parser.error(
+            f"no suite {', '.join(sorted(unknown))}; there are {', '.join(SUITES)}"
+        )
+    return guarded(args.quick, lambda bench: _run(bench, names))
+
 
 raise SystemExit(main())

@@ -1,24 +1,40 @@
-"""The floor: the demo app's shape with the cheapest possible key check.
+"""The floor: the demo app's routes with the cheapest possible key check.
 
-Its dependency only looks the header up in an in-memory set, so its whoami/healthz
-ratio is what FastAPI itself allows for a guarded endpoint on this machine.
+Its dependency only looks the header up in a set, so its guarded route's
+req/s is what FastAPI itself allows for a key check on this machine. The
+responses copy api/routes.py's shapes, so that only the key check differs.
 
-``uvicorn --factory benchmarks.floor_app:create_app_from_env`` with FLOOR_KEYS set
-to the accepted keys, comma-separated.
+``uvicorn --factory benchmarks.floor_app:create_app``, FLOOR_KEYS set to the
+accepted keys, comma-separated.
 """
 
 import os
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
-from benchmarks.models import HEADER, Health, WhoAmI
+
+class Health(BaseModel):
+    status: str
 
 
-def create_app(keys: frozenset[str]) -> FastAPI:
-    """An app that accepts exactly ``keys`` on GET /v1/whoami."""
-    header = APIKeyHeader(name=HEADER, auto_error=False)
+class WhoAmI(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None = None
+    owner: str | None = None
+    rate_limit: str | None = None
+    credits: int | None = None
+
+
+def create_app() -> FastAPI:
+    """An app that accepts exactly the keys in FLOOR_KEYS on GET /v1/whoami."""
+    keys = frozenset(filter(None, os.environ["FLOOR_KEYS"].split(",")))
+    header = APIKeyHeader(name="x-api-key", auto_error=False)
 
     async def current_key(key: Annotated[str | None, Security(header)]) -> str:
         if key is None or key not in keys:
@@ -35,15 +51,8 @@ def create_app(keys: frozenset[str]) -> FastAPI:
 
     @router.get("/v1/whoami")
     async def whoami(key: Annotated[str, Security(current_key)]) -> WhoAmI:
-        return WhoAmI(
-            id=key[3:15], name="floor", scopes=["reports:read"], expires_at=None
-        )
+        return WhoAmI(id=key[3:15], name="floor", scopes=["reports:read"])
 
     app = FastAPI(title="keystore benchmark floor")
     app.include_router(router)
     return app
-
-
-def create_app_from_env() -> FastAPI:
-    keys = frozenset(k for k in os.environ.get("FLOOR_KEYS", "").split(",") if k)
-    return create_app(keys)

@@ -1,228 +1,134 @@
-"""HTTP load: wrk when it can be had, else benchmarks.rawload; and the miss stream.
+"""Load from the loaders' CPU: closed loops on one server (wrk, or rawhttp
+without it), and the requests of open loops (rawhttp.open_loop)."""
 
-Loaders run in their own processes, pinned away from the server they measure.
-"""
-
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from benchmarks.models import HEADER
-from benchmarks.procs import BenchmarkError, Children, CpuMeter, Cpus
+from benchmarks import rawhttp
+from benchmarks.procs import BenchmarkError, Children, CpuMeter, Cpus, Server
+from keystore.keys import new_key
 
 LUA = Path(__file__).resolve().parent / "wrk_report.lua"
+HEADER = "x-api-key"
+Target = tuple[Server, str, str | None]  # server, path, key
+
+
+def in_turn(url: str, keys: Sequence[str]) -> Callable[[int], rawhttp.Request]:
+    """An open loop's requests: GET ``url`` with each of ``keys`` in turn."""
+    return lambda i: rawhttp.get(url, {HEADER: keys[i % len(keys)]})
+
+
+def unknown(url: str) -> Callable[[int], rawhttp.Request]:
+    """An open loop's requests: GET ``url``, each with a new well-formed key that
+    no cache can answer (in ttl mode, a Firestore read each)."""
+    return lambda i: rawhttp.get(url, {HEADER: new_key("ks")})
 
 
 @dataclass(frozen=True)
-class LoadResult:
-    """One closed-loop run: how many requests, how fast, how long they took."""
+class Run:
+    """One closed-loop run; ``errors``: answers not 2xx/3xx, failed connections;
+    ``others_cpu_pct``: others' use of the server's CPU meanwhile."""
 
-    tool: str
-    path: str
-    connections: int
-    requests: int
-    seconds: float
+    rps: float
     p50_ms: float
-    p90_ms: float
     p99_ms: float
-    max_ms: float
-    status_errors: int
-    socket_errors: int
-    #: The server's CPU use and each CPU's busy share during the run, in %.
-    cpu: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rps": self.rps}
+    errors: int
+    others_cpu_pct: float
 
 
 def find_wrk() -> str | None:
     """wrk's path; installs Debian's package once if we may, else None."""
-    found = shutil.which("wrk")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    print("wrk is not installed; trying apt-get install wrk ...", file=sys.stderr)
-    try:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "wrk"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=180,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    if shutil.which("wrk") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return shutil.which("wrk")
+    print("wrk is not installed; trying apt-get install wrk", file=sys.stderr)
+    argv = ["apt-get", "install", "-y", "-qq", "wrk"]
+    subprocess.run(argv, capture_output=True, timeout=300, check=False)
     return shutil.which("wrk")
 
 
 class Loader:
-    """Runs load against one URL from the loaders' CPU."""
+    """Runs load against one server at a time, from the loaders' CPU."""
 
-    def __init__(self, children: Children, cpus: Cpus, work_dir: Path) -> None:
-        self._children = children
-        self._cpus = cpus
-        self._work_dir = work_dir
-        self._runs = 0
-        # BENCH_LOADER=python forces the fallback, to test it on a machine with wrk.
-        forced = os.environ.get("BENCH_LOADER", "") == "python"
-        self.wrk = None if forced else find_wrk()
+    def __init__(self, children: Children, cpus: Cpus, quick: bool) -> None:
+        self._children, self._cpus, self._repeats = children, cpus, 1 if quick else 2
+        #: Seconds of each discarded warm-up run, and of each measured run.
+        self.warmup, self.seconds = (0.0, 2.0) if quick else (2.0, 8.0)
+        # BENCH_LOADER=python forces the fallback, to test it where wrk is.
+        self.wrk = None if os.environ.get("BENCH_LOADER") == "python" else find_wrk()
+        #: Every run, for the JSON and for the count of failed requests.
+        self.runs: list[Run] = []
 
     def describe(self) -> str:
         if self.wrk is None:
-            return "benchmarks.rawload (asyncio, no wrk)"
+            return "benchmarks.rawhttp (no wrk)"
         done = subprocess.run([self.wrk, "-v"], capture_output=True, text=True)
-        return (done.stdout + done.stderr).splitlines()[0].split(" [")[0]
+        return (done.stdout + done.stderr).split(" [")[0]
 
-    def run(
+    async def best(self, targets: Sequence[Target]) -> list[float]:
+        """The best req/s of each target, measured in turns and, on a second
+        pass, in reverse: drift in the machine's speed falls on all alike."""
+        best = [0.0] * len(targets)
+        for rep in range(self._repeats):
+            for i in range(len(targets))[:: -1 if rep % 2 else 1]:
+                best[i] = max(best[i], (await self.measure(*targets[i])).rps)
+        return best
+
+    async def measure(
+        self,
+        server: Server,
+        path: str,
+        key: str | None,
+        conns: int = 32,
+        pause: float = 0,
+    ) -> Run:
+        """A warm-up run (if any), discarded, then the measured one; ``pause``:
+        ms each connection waits before each request."""
+        url, headers = server.url + path, {HEADER: key} if key else {}
+        if self.warmup:
+            await self._figures(url, headers, self.warmup, conns, pause)
+        meter = CpuMeter(server.pid, self._cpus.server)
+        f = await self._figures(url, headers, self.seconds, conns, pause)
+        rps = f["requests"] / f["duration_us"] * 1e6
+        run = Run(
+            rps, f["p50_us"] / 1e3, f["p99_us"] / 1e3, int(f["errors"]), meter.stop()
+        )
+        self.runs.append(run)
+        return run
+
+    async def _figures(
         self,
         url: str,
-        key: str | None,
-        *,
+        headers: dict[str, str],
         seconds: float,
-        connections: int,
-        pause_ms: float = 0.0,
-        watch: int | None = None,
-    ) -> LoadResult:
-        header = [f"{HEADER}: {key}"] if key else []
-        if self.wrk is not None:
-            # wrk takes whole seconds only.
-            whole = max(1, round(seconds))
-            argv = [self.wrk, "-t1", f"-c{connections}", f"-d{whole}s"]
-            argv += ["--latency", "--timeout", "5s", "-s", str(LUA)]
-            for h in header:
-                argv += ["-H", h]
-            argv.append(url)
-        else:
-            argv = [sys.executable, "-m", "benchmarks.rawload", url]
-            argv += ["--seconds", str(seconds), "--connections", str(connections)]
-            argv += ["--pause-ms", str(pause_ms)]
-            for h in header:
-                argv += ["--header", h]
-        meter = CpuMeter(watch)
-        proc = self._children.spawn(
-            argv,
-            env={**os.environ, "WRK_PAUSE_MS": f"{pause_ms:g}"},
-            cpu=self._cpus.load,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        conns: int,
+        pause: float,
+    ) -> dict[str, float]:
+        if self.wrk is None:
+            return await rawhttp.closed_loop(
+                rawhttp.get(url, headers), seconds, conns, pause
+            )
+        # wrk takes whole seconds only; one thread, as the loaders have one CPU.
+        argv = [self.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", url]
+        argv += ["--latency", "--timeout", "5s", "-s", str(LUA)]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        env = {**os.environ, "WRK_PAUSE_MS": f"{pause:g}"}
+        proc = self._children.spawn(argv, env, self._cpus.load, subprocess.PIPE)
         try:
-            out, err = proc.communicate(timeout=seconds + 30)
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=seconds + 30)
         except subprocess.TimeoutExpired:
-            raise BenchmarkError(f"load generator hung on {url}") from None
+            raise BenchmarkError(f"wrk hung on {url}") from None
         finally:
             self._children.stop(proc)
-        cpu = meter.stop()
         for line in out.decode(errors="replace").splitlines():
             if line.startswith("WRK_JSON "):
-                figures = json.loads(line.removeprefix("WRK_JSON "))
-                break
-        else:
-            raise BenchmarkError(
-                f"load generator gave no figures for {url}:\n"
-                + (out + err).decode(errors="replace")[-2000:]
-            )
-        return LoadResult(
-            tool="wrk" if self.wrk else "rawload",
-            path=url.split("/", 3)[-1],
-            connections=connections,
-            requests=int(figures["requests"]),
-            seconds=float(figures["duration_us"]) / 1e6,
-            p50_ms=float(figures["p50_us"]) / 1e3,
-            p90_ms=float(figures["p90_us"]) / 1e3,
-            p99_ms=float(figures["p99_us"]) / 1e3,
-            max_ms=float(figures["max_us"]) / 1e3,
-            status_errors=int(figures["status_errors"]),
-            socket_errors=int(figures["socket_errors"]),
-            cpu=cpu,
-        )
-
-    def measure(
-        self,
-        url: str,
-        key: str | None,
-        *,
-        warmup: float,
-        seconds: float,
-        connections: int,
-        pause_ms: float = 0.0,
-        watch: int | None = None,
-    ) -> LoadResult:
-        """A discarded warm-up run, then the measured one."""
-        self.run(url, key, seconds=warmup, connections=connections, pause_ms=pause_ms)
-        return self.run(
-            url,
-            key,
-            seconds=seconds,
-            connections=connections,
-            pause_ms=pause_ms,
-            watch=watch,
-        )
-
-    def measure_under_misses(
-        self,
-        url: str,
-        key: str,
-        *,
-        rate: float,
-        warmup: float,
-        seconds: float,
-        connections: int,
-        pause_ms: float = 0.0,
-        watch: int | None = None,
-    ) -> tuple[LoadResult, dict[str, Any]]:
-        """:meth:`measure` while benchmarks.misses sends unknown keys at ``rate``/s."""
-        self._runs += 1
-        ready = self._work_dir / f"misses-{self._runs}.ready"
-        out = self._work_dir / f"misses-{self._runs}.json"
-        log = self._work_dir / f"misses-{self._runs}.log"
-        # The stream outlasts the warm-up and the measured run on both sides.
-        stream_seconds = warmup + seconds + 1.5
-        argv = [sys.executable, "-m", "benchmarks.misses", url, "--rate", str(rate)]
-        argv += ["--seconds", str(stream_seconds), "--ready", str(ready)]
-        argv += ["--out", str(out)]
-        with log.open("wb") as sink:
-            proc = self._children.spawn(
-                argv, env=os.environ, cpu=self._cpus.load, stdout=sink, stderr=sink
-            )
-        try:
-            deadline = time.monotonic() + 30
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchmarkError(f"miss stream did not start:\n{_read(log)}")
-                time.sleep(0.02)
-            result = self.measure(
-                url,
-                key,
-                warmup=warmup,
-                seconds=seconds,
-                connections=connections,
-                pause_ms=pause_ms,
-                watch=watch,
-            )
-            try:
-                proc.wait(stream_seconds + 20)
-            except subprocess.TimeoutExpired:
-                raise BenchmarkError("miss stream did not stop") from None
-            if proc.returncode != 0 or not out.exists():
-                raise BenchmarkError(f"miss stream failed:\n{_read(log)}")
-            misses: dict[str, Any] = json.loads(out.read_text())
-        finally:
-            self._children.stop(proc)
-        return result, misses
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except OSError:
-        return "(no log)"
+                figures: dict[str, float] = json.loads(line.removeprefix("WRK_JSON "))
+                return figures
+        raise BenchmarkError(f"wrk gave no figures for {url}:\n{out[-2000:]!r}")

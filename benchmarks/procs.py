@@ -1,72 +1,67 @@
-"""Child processes: the emulator, uvicorn servers, loaders; pinning and clean-up.
+"""Child processes (uvicorn servers, wrk), CPU pinning and CPU meters.
 
 Every child gets its own session (process group), so a Ctrl-C in the terminal
-reaches only the benchmark, which then ends each child group itself.
+reaches only the harness, which then ends each child's group itself.
 """
 
+import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
+from benchmarks.rawhttp import fetch, get
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+PROJECT = "demo-keystore"
+Proc = subprocess.Popen[bytes]
 
 
 class BenchmarkError(Exception):
-    """Setup failed; the message says what and where its log is."""
+    """Setup failed; the message says what and where."""
 
 
 @dataclass(frozen=True)
 class Cpus:
-    """Which CPU the servers get and which the loaders and emulator get.
-
-    With both on one core the loader would steal time from the server it measures.
-    """
+    """The servers' CPU, and the loaders' (wrk, streams, the emulator): with both
+    on one core a loader would steal time from the server it measures."""
 
     server: int | None
     load: int | None
 
     @classmethod
     def plan(cls) -> "Cpus":
-        available = os.sched_getaffinity(0)
-        if len(available) < 2:
-            return cls(None, None)
-        first, second = sorted(available)[:2]
-        return cls(first, second)
-
-    def describe(self) -> str:
-        if self.server is None:
-            return "not pinned (fewer than 2 CPUs)"
-        how = "taskset" if shutil.which("taskset") else "sched_setaffinity"
-        return (
-            f"servers on CPU {self.server}; loaders+emulator on CPU {self.load} ({how})"
-        )
+        available = sorted(os.sched_getaffinity(0))
+        return cls(*available[:2]) if len(available) >= 2 else cls(None, None)
 
 
-def pin_tree(pid: int, cpu: int | None) -> None:
+def pin_tree(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid``; threads made later inherit from their maker."""
-    if cpu is None:
-        return
+    with suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with suppress(OSError):  # the thread ended meanwhile
+                os.sched_setaffinity(int(tid), cpus)
+
+
+@contextmanager
+def on_cpu(cpu: int | None) -> Iterator[None]:
+    """This process on ``cpu`` for the block: in-process figures on the servers'
+    CPU, as a server would run them; streams and polls on the loaders'."""
+    everywhere = os.sched_getaffinity(0)
+    if cpu is not None:
+        pin_tree(os.getpid(), {cpu})
     try:
-        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        tids = [pid]
-    for tid in tids:
-        try:
-            os.sched_setaffinity(tid, {cpu})
-        except OSError:
-            pass  # the thread ended meanwhile
+        yield
+    finally:
+        pin_tree(os.getpid(), everywhere)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,85 +74,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def busy_ticks() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy ticks, all ticks) since boot, from /proc/stat."""
-    ticks: dict[int, tuple[int, int]] = {}
+def _ticks(cpu: int) -> tuple[int, int]:
+    """(busy, all) ticks of ``cpu`` since boot."""
     with open("/proc/stat") as f:
-        for line in f:
-            name, *values = line.split()
-            if name.startswith("cpu") and name[3:].isdigit():
-                numbers = [int(v) for v in values]
-                idle = numbers[3] + numbers[4]  # idle + iowait
-                ticks[int(name[3:])] = (sum(numbers) - idle, sum(numbers))
-    return ticks
+        line = next((li for li in f if li.startswith(f"cpu{cpu} ")), "x 0 0 0 0")
+    numbers = [int(v) for v in line.split()[1:]]
+    return sum(numbers) - numbers[3] - numbers[4], sum(numbers)
 
 
 class CpuMeter:
-    """How busy one process and each CPU were between start and stop.
+    """Others' use of the server's CPU from start to stop (busy beyond the
+    server's own use), in %: what says how far to trust a run on this machine."""
 
-    Other people's work on the same machine shows as CPU busy beyond what our
-    processes used: the figure that says how much to trust a run.
-    """
+    def __init__(self, pid: int, cpu: int | None) -> None:
+        self._pid, self._cpu = pid, cpu
+        self._start = time.monotonic(), cpu_seconds(pid), _ticks(cpu or 0)
 
-    def __init__(self, pid: int | None) -> None:
-        self._pid = pid
-        self._start = (time.monotonic(), cpu_seconds(pid) if pid else 0.0)
-        self._ticks = busy_ticks()
-
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> float:
         elapsed = time.monotonic() - self._start[0]
-        used = (cpu_seconds(self._pid) if self._pid else 0.0) - self._start[1]
-        result = {"server_cpu_pct": 100 * used / elapsed if elapsed else 0.0}
-        for cpu, (busy, total) in busy_ticks().items():
-            before_busy, before_total = self._ticks.get(cpu, (busy, total))
-            span = total - before_total
-            result[f"cpu{cpu}_busy_pct"] = (
-                100 * (busy - before_busy) / span if span else 0.0
-            )
-        return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+        server = 100 * (cpu_seconds(self._pid) - self._start[1]) / elapsed
+        (busy, total), before = _ticks(self._cpu or 0), self._start[2]
+        others = 100 * (busy - before[0]) / max(1, total - before[1]) - server
+        return max(0.0, others) if self._cpu is not None else 0.0
 
 
 class Children:
-    """Every process the benchmark starts, so that all are ended on any exit."""
+    """Every process the harness starts, so that all are ended on any exit."""
 
     def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: list[Proc] = []
 
     def spawn(
         self,
         argv: Sequence[str],
-        *,
         env: Mapping[str, str],
         cpu: int | None,
-        stdout: int | IO[bytes] | None = None,
-        stderr: int | IO[bytes] | None = None,
-    ) -> "subprocess.Popen[bytes]":
-        args = list(argv)
-        use_taskset = cpu is not None and shutil.which("taskset") is not None
-        if use_taskset:
-            args = ["taskset", "-c", str(cpu), *args]
+        out: int | IO[bytes],
+        cwd: Path = ROOT,
+    ) -> Proc:
         proc = subprocess.Popen(
-            args,
-            env=dict(env),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._procs.append(proc)
-        if not use_taskset:
-            pin_tree(proc.pid, cpu)
+        if cpu is not None:
+            pin_tree(proc.pid, {cpu})  # before it starts threads of its own
         return proc
 
-    def stop(self, proc: "subprocess.Popen[bytes]", grace: float = 5.0) -> None:
+    def stop(self, proc: Proc, grace: float = 10.0) -> None:
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
@@ -176,84 +144,8 @@ class Children:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class Emulator:
-    """A Firestore emulator of our own, through the project's emulator.sh."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.host = ""
-
-    def _run(self, command: str) -> str:
-        env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir)}
-        env.pop("KEYSTORE_EMULATOR_PORT", None)
-        done = subprocess.run(
-            [str(ROOT / "emulator.sh"), command],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise BenchmarkError(f"emulator.sh {command} failed:\n{done.stderr}")
-        return done.stdout
-
-    def start(self) -> str:
-        out = self._run("start")
-        for line in out.splitlines():
-            if line.startswith("export FIRESTORE_EMULATOR_HOST="):
-                self.host = line.partition("=")[2].strip()
-        if not self.host:
-            port = (self.state_dir / "port").read_text().strip()
-            self.host = f"{HOST}:{port}"
-        return self.host
-
-    def stop(self) -> None:
-        self._run("stop")
-
-    def start_for(self, project: str, cpu: int | None) -> str:
-        """Start, pin to ``cpu``, and point this process's Firestore clients at it."""
-        host = self.start()
-        self.pin(cpu)
-        os.environ["FIRESTORE_EMULATOR_HOST"] = host
-        os.environ["GOOGLE_CLOUD_PROJECT"] = project
-        return host
-
-    def pin(self, cpu: int | None) -> int:
-        """Pin the emulator's processes (its script and the JVM); how many."""
-        if cpu is None:
-            return 0
-        pgid = int((self.state_dir / "pid").read_text())
-        pinned = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pin_tree(int(entry), cpu)
-                    pinned += 1
-            except OSError:
-                continue
-        return pinned
-
-
-def uvicorn_argv(app: str, port: int, *, factory: bool) -> list[str]:
-    argv = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)]
-    argv += ["--log-level", "warning", "--no-access-log"]
-    return argv + (["--factory"] if factory else [])
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass(frozen=True)
@@ -263,36 +155,37 @@ class Server:
     pid: int
 
 
-@contextmanager
-def serve(
+@asynccontextmanager
+async def serve(
     children: Children,
     name: str,
-    argv: Sequence[str],
-    *,
+    app: str,
     env: Mapping[str, str],
     cpu: int | None,
-    log_dir: Path,
-    timeout: float = 60.0,
-) -> Iterator[Server]:
-    """Run a uvicorn server until the block ends."""
-    port = int(argv[argv.index("--port") + 1])
-    log = log_dir / f"{name}.log"
+    work: Path,
+) -> AsyncIterator[Server]:
+    """``app`` under uvicorn, one worker, until the block ends; ``module:app``
+    names an app (api.main), any other name a factory (the floor)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--host", HOST]
+    argv += ["--log-level", "warning", "--no-access-log"]
+    argv += ["--factory"] if app.rpartition(":")[2] != "app" else []
+    # From the work folder, the checkout on the path: the demo app reads a .env
+    # file where it runs, and a developer's must not count.
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    log = work / f"{name}.log"
     with log.open("wb") as out:
-        proc = children.spawn(argv, env=env, cpu=cpu, stdout=out, stderr=out)
+        proc = children.spawn(argv, env, cpu, out, cwd=work)
     url = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise BenchmarkError(f"{name} server exited:\n{_tail(log)}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"{name} server not ready:\n{_tail(log)}")
-            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while (await fetch(get(f"{url}/healthz")))[0] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                lines = log.read_text(errors="replace").splitlines()[-20:]
+                raise BenchmarkError(f"{name} did not start:\n" + "\n".join(lines))
+            await asyncio.sleep(0.05)
         yield Server(name, url, proc.pid)
     finally:
         children.stop(proc)

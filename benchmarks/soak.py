@@ -1,345 +1,217 @@
-"""Load and faults: the app under mixed load for 75 s while Firestore dies and returns.
+"""Soak: the demo app under mixed load while Firestore dies and comes back.
 
-    .venv/bin/python -m benchmarks.soak [--seconds 75]
-
-A real uvicorn process serves the app (ttl mode, 5 s TTL so that rows age past
-their TTL during the outage) against its own emulator. A loader sends a steady
-mix of valid, revoked and random well-formed keys. A third of the way in, the
-emulator is exported and killed; it is restarted from the export 15 s later
-(a real Firestore keeps its data through an outage; the emulator needs the
-export for that). Usage counts are written only at shutdown, so every use
-counted during the outage must reach Firestore after it.
-
-Checks (exit 1 if any fails): no answer but 200/401/503, no 503 outside the
-outage (plus its Retry-After pause), every 503 has Retry-After, valid keys
-served 200 throughout, the app recovers without a restart, no request takes
-longer than the deadline, memory stays bounded, and the usage counts in
-Firestore equal the 200s the loader saw.
+One app (ttl mode; a 5 s TTL, so rows age past it in the outage; usage counts
+written only at shutdown, so every use counted in the outage must reach
+Firestore after it) gets valid, revoked and random keys at 200 req/s. A third
+of the way in the emulator is exported and stopped, and started again from the
+export 15 s later. The phase before the outage is the baseline; a failed check
+fails the run.
 """
 
-import argparse
 import asyncio
-import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-import httpx
-
+from benchmarks.harness import Bench
+from benchmarks.load import HEADER
+from benchmarks.procs import PROJECT, Server
+from benchmarks.rawhttp import Answer, Request, get, open_loop
+from benchmarks.report import Section, judged
+from benchmarks.stats import percentile
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
 
-ROOT = Path(__file__).resolve().parent.parent
-PROJECT = "demo-keystore"
-TIMEOUT = 2.0
-RETRY_AFTER = 2
-#: Seconds after Firestore is back by which every answer must be right again.
+RATE = 200.0
+TIMEOUT, RETRY_AFTER = 2.0, 2
+#: Seconds after Firestore is back by which every answer must be right again:
+#: the store finds it within a few rounds of a pause (RETRY_AFTER) and a probe
+#: (TIMEOUT), and a freshly restarted emulator is slow at first.
 RECOVERY = 15.0
+MEMORY_GROWTH_MB = 50
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Emulator:
-    state_dir: Path
-    port: int
-
-    def run(self, command: str, **env: str) -> None:
-        subprocess.run(
-            [str(ROOT / "emulator.sh"), command],
-            env={
-                **os.environ,
-                "KEYSTORE_EMULATOR_DIR": str(self.state_dir),
-                "KEYSTORE_EMULATOR_PORT": str(self.port),
-                **env,
-            },
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def export(self) -> Path:
-        target = self.state_dir / f"export-{time.time_ns()}"
-        target.mkdir()
-        r = httpx.post(
-            f"http://127.0.0.1:{self.port}/emulator/v1/projects/{PROJECT}:export",
-            json={
-                "database": f"projects/{PROJECT}/databases/(default)",
-                "export_directory": str(target),
-            },
-            timeout=30,
-        )
-        r.raise_for_status()
-        return next(target.rglob("*.overall_export_metadata"))
-
-
-@dataclass
-class Tally:
-    by_phase: dict[str, Counter[str]] = field(default_factory=dict)
-    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
-    valid_ok: Counter[str] = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
-
-    def add(self, phase: str, kind: str, status: str, ms: float) -> None:
-        self.by_phase.setdefault(phase, Counter())[f"{kind}:{status}"] += 1
-        if kind == "valid":
-            self.latencies_ms.setdefault(phase, []).append(ms)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
-async def soak(seconds: float, rate: float, with_outage: bool = True) -> int:
-    work = Path(tempfile.mkdtemp(prefix="keystore-soak-"))
-    emulator = Emulator(work / "emulator", free_port())
-    emulator.state_dir.mkdir()
-    emulator.run("start")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator.port}"
-    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
-    settings = Settings(project=PROJECT, collection="soak_keys")
+async def run(bench: Bench) -> Section:
+    seconds, outage = (20.0, 6.0) if bench.quick else (75.0, 15.0)
+    bench.emulator.clear()  # the export then holds this suite's rows only
+    settings = Settings(project=PROJECT, collection=bench.collection("soak"))
     async with ApiKeyStore(settings) as store:
-        valid = [await store.create(name=f"valid-{i}") for i in range(50)]
-        revoked = [await store.create(name=f"revoked-{i}") for i in range(20)]
-        for made in revoked:
-            await store.revoke(made.record.id)
-    id_of = {made.key: made.record.id for made in valid}
-
-    port = free_port()
-    app_log = (work / "app.log").open("w")
-    app = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=work,
-        env={
-            **os.environ,
-            "KEYSTORE_COLLECTION": settings.collection,
-            "KEYSTORE_CACHE_TTL": "5",
-            "KEYSTORE_TIMEOUT": str(TIMEOUT),
-            "KEYSTORE_RETRY_AFTER": str(RETRY_AFTER),
-            "KEYSTORE_USAGE_FLUSH_INTERVAL": "3600",
-            "KEYSTORE_LOG_FORMAT": "json",
-        },
-        # A file, not a pipe: a pipe nobody reads fills up, and then the app's
-        # next log line blocks its event loop.
-        stdout=app_log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    tally = Tally()
-    memory: list[float] = []
-    outage = (seconds / 3, seconds / 3 + 15)
-    killed_at: float | None = None
-    recovered_at: float | None = None
-    last_503 = 0.0
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        started = time.monotonic()
-
-        def phase(now: float) -> str:
-            if killed_at is None or now < killed_at:
-                return "before"
-            if recovered_at is None or now < recovered_at:
-                return "outage"
-            return "after"
-
-        async def faults() -> None:
-            nonlocal killed_at, recovered_at
-            await asyncio.sleep(outage[0])
-            export = await asyncio.to_thread(emulator.export)
-            killed_at = time.monotonic()
-            await asyncio.to_thread(emulator.run, "stop")
-            print(f"[{time.monotonic() - started:5.1f}s] emulator killed", flush=True)
-            await asyncio.sleep(outage[1] - outage[0])
-            await asyncio.to_thread(
-                emulator.run, "start", KEYSTORE_EMULATOR_IMPORT=str(export)
-            )
-            recovered_at = time.monotonic()
-            print(f"[{recovered_at - started:5.1f}s] emulator back", flush=True)
-
-        async def sample_memory() -> None:
-            while time.monotonic() - started < seconds:
-                memory.append(rss_mb(app.pid))
-                await asyncio.sleep(2)
-
-        async def one(http: httpx.AsyncClient, kind: str, key: str) -> None:
-            nonlocal last_503
-            t0 = time.monotonic()
-            try:
-                r = await http.get(f"{base}/v1/whoami", headers={"x-api-key": key})
-                status = r.status_code
-            except httpx.HTTPError as exc:
-                tally.problems.append(f"transport error: {type(exc).__name__}")
-                return
-            ms = (time.monotonic() - t0) * 1000
-            now_phase = phase(t0)
-            label = (
-                f"{status}-busy" if status == 503 and "busy" in r.text else str(status)
-            )
-            tally.add(now_phase, kind, label, ms)
-            if status == 200 and kind == "valid":
-                tally.valid_ok[key] += 1
-            if status not in (200, 401, 503):
-                tally.problems.append(f"{kind} got {status}: {r.text[:80]}")
-            if status == 503:
-                last_503 = max(last_503, time.monotonic())
-            if status == 503 and "retry-after" not in r.headers:
-                tally.problems.append("503 without Retry-After")
-            # After the outage the store finds Firestore again within a few rounds
-            # of a pause (RETRY_AFTER) and a probe (TIMEOUT); a freshly restarted
-            # emulator is slow at first. RECOVERY bounds it.
-            settled = recovered_at is not None and t0 > recovered_at + RECOVERY
-            if (
-                status == 503
-                and now_phase != "outage"
-                and (now_phase == "before" or settled)
-            ):
-                tally.problems.append(
-                    f"503 outside the outage ({kind}, {t0 - started:.1f}s)"
-                )
-            if ms > (TIMEOUT + 1) * 1000:
-                tally.problems.append(f"{kind} took {ms:.0f} ms")
-            if kind == "valid" and status != 200:
-                tally.problems.append(f"valid key got {status} ({now_phase})")
-
-        async def load() -> None:
-            rng = random.Random(7)
-            # Enough connections that the requests Firestore's outage holds
-            # (unknown keys, up to KEYSTORE_TIMEOUT each) leave room for the
-            # rest: with 32, valid keys queued here for ~1 s behind them.
-            limits = httpx.Limits(max_connections=256)
-            async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-                pending: set[asyncio.Task[None]] = set()
-                while time.monotonic() - started < seconds:
-                    roll = rng.random()
-                    if roll < 0.7:
-                        kind, key = "valid", rng.choice(valid).key
-                    elif roll < 0.85:
-                        kind, key = "revoked", rng.choice(revoked).key
-                    else:
-                        kind, key = "random", new_key("ks")
-                    task = asyncio.create_task(one(http, kind, key))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    await asyncio.sleep(1 / rate)
-                await asyncio.gather(*pending)
-
-        jobs = [load(), sample_memory()] + ([faults()] if with_outage else [])
-        await asyncio.gather(*jobs)
-    finally:
-        app.send_signal(signal.SIGTERM)
-        app.wait(timeout=60)
-        app_log.close()
-        output = (work / "app.log").read_text()
-
-    async with ApiKeyStore(settings) as store:
-        counted = {
-            made.record.id: (await store.get(made.record.id)).usage_count  # type: ignore[union-attr]
-            for made in valid
+        valid = {
+            (new := await store.create(name="v")).record.id: new.key for _ in range(50)
         }
-    emulator.run("stop")
-    expected = {id_of[key]: n for key, n in tally.valid_ok.items()}
-    lost = {
-        k: expected.get(k, 0) - counted[k]
-        for k in counted
-        if counted[k] != expected.get(k, 0)
+        revoked = [await store.create(name="r") for _ in range(20)]
+        for new in revoked:
+            await store.revoke(new.record.id)
+    env = {
+        "KEYSTORE_COLLECTION": settings.collection,
+        "KEYSTORE_CACHE_TTL": "5",
+        "KEYSTORE_TIMEOUT": f"{TIMEOUT:g}",
+        "KEYSTORE_RETRY_AFTER": str(RETRY_AFTER),
+        "KEYSTORE_USAGE_FLUSH_INTERVAL": "3600",
+        "KEYSTORE_LOG_FORMAT": "json",
     }
-    if lost:
-        tally.problems.append(f"usage counts differ from the 200s seen: {lost}")
-    if "Traceback" in output:
-        tally.problems.append("the app printed a traceback")
-    growth = max(memory) - memory[len(memory) // 4] if memory else 0.0
-    if growth > 50:
-        tally.problems.append(f"memory grew by {growth:.0f} MB")
-
-    down = ((killed_at or started) - started, (recovered_at or started) - started)
-    print(
-        f"\nsoak: {seconds:.0f} s at {rate:.0f} req/s; Firestore down from "
-        f"{down[0]:.1f} s to {down[1]:.1f} s"
+    # The loader is not pinned here: pinned beside the emulator, it would stall
+    # while the JVM starts again and count that as the app's latency.
+    async with bench.serve("soak", "api.main:app", **env) as server:
+        keys = {"valid": list(valid.values()), "revoked": [n.key for n in revoked]}
+        soaked = await _soak(bench, seconds, outage, server, keys)
+    # The app has stopped (SIGTERM) and written its usage counts.
+    async with ApiKeyStore(settings) as store:
+        rows = [await store.get(key_id) for key_id in valid]
+    counted = {row.id: getattr(row, "usage_count", -1) for row in rows}
+    served = Counter(a.tag for a in soaked["answers"] if a.status == 200)
+    soaked["usage"] = (
+        counted,
+        {key_id: served[f"valid {k}"] for key_id, k in valid.items()},
     )
-    if recovered_at is not None and last_503 > recovered_at:
-        print(f"last 503: {last_503 - recovered_at:.1f} s after Firestore was back")
-    print(f"{'phase':<8} {'requests':>8}  statuses by key kind")
-    for name in ("before", "outage", "after"):
-        counts = tally.by_phase.get(name, Counter())
-        print(f"{name:<8} {sum(counts.values()):>8}  {dict(sorted(counts.items()))}")
-    for name, values in tally.latencies_ms.items():
-        print(
-            f"valid-key latency {name:<6} p50 {percentile(values, 0.5):6.1f} ms  "
-            f"p99 {percentile(values, 0.99):6.1f} ms  max {max(values):6.1f} ms"
-        )
-    print(
-        f"app memory: {min(memory):.0f}-{max(memory):.0f} MB "
-        f"(growth after warm-up {growth:.1f} MB)"
-    )
-    print(
-        f"usage counts in Firestore: {sum(counted.values())}, "
-        f"200s seen: {sum(expected.values())}"
-    )
-    summary = {
-        "problem_count": len(tally.problems),
-        "problems": tally.problems[:20],
-        "phases": {k: dict(v) for k, v in tally.by_phase.items()},
-    }
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "soak.json").write_text(
-        json.dumps(summary, indent=1)
-    )
-    if tally.problems:
-        print("app log, last lines:\n" + "\n".join(output.splitlines()[-25:]))
-        print(f"FAILED: {len(tally.problems)} problems, first: {tally.problems[:5]}")
-        return 1
-    print("OK: no unexpected status, no hang, recovered by itself, no count lost")
-    return 0
+    soaked["log"] = (bench.work / "soak.log").read_text(errors="replace")
+    return _section(seconds, soaked)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=75.0)
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
-    parser.add_argument(
-        "--no-outage",
-        action="store_true",
-        help="load only: tells the memory used by load from that used by the outage",
+async def _soak(
+    bench: Bench,
+    seconds: float,
+    outage: float,
+    server: Server,
+    keys: dict[str, list[str]],
+) -> dict[str, Any]:
+    rng = random.Random(7)
+
+    def make(i: int) -> Request:
+        roll = rng.random()
+        kind = "valid" if roll < 0.7 else "revoked" if roll < 0.85 else "random"
+        key = rng.choice(keys[kind]) if kind != "random" else new_key("ks")
+        return get(server.url + "/v1/whoami", {HEADER: key}, tag=f"{kind} {key}")
+
+    soaked: dict[str, Any] = {"memory_mb": []}
+
+    async def faults() -> None:
+        await asyncio.sleep(seconds / 3)
+        export = await asyncio.to_thread(bench.emulator.export)
+        soaked["down"] = time.time()
+        await asyncio.to_thread(bench.emulator.stop)
+        bench.say("soak: emulator stopped")
+        await asyncio.sleep(outage)
+        await asyncio.to_thread(bench.emulator.start, export)
+        soaked["up"] = time.time()
+        bench.say("soak: emulator back")
+
+    async def sample() -> None:
+        for _ in range(int(seconds / 2)):
+            with open(f"/proc/{server.pid}/status") as f:
+                rss = next(line for line in f if line.startswith("VmRSS:"))
+            soaked["memory_mb"].append(int(rss.split()[1]) / 1024)
+            await asyncio.sleep(2)
+
+    bench.say(f"soak: {seconds:g}s at {RATE:g} req/s, Firestore down for {outage:g}s")
+    # Connections enough that the requests an outage holds (unknown keys, up to
+    # TIMEOUT each) leave room for the rest; with 32, valid keys queued here,
+    # not in the app, for about a second behind them.
+    load = open_loop(make, rate=RATE, seconds=seconds, cap=256)
+    stream, *_ = await asyncio.gather(load, faults(), sample())
+    # The app stops (and writes its counts) once Firestore has been back a while.
+    await asyncio.sleep(max(0.0, soaked["up"] + 5 - time.time()))
+    return {**soaked, "answers": stream.answers, "lost": stream.lost}
+
+
+def _phase(answer: Answer, soaked: dict[str, Any]) -> str:
+    if answer.sent < soaked["down"]:
+        return "before"
+    return "outage" if answer.sent < soaked["up"] else "after"
+
+
+def _problems(soaked: dict[str, Any]) -> list[str]:
+    problems = []
+    for a in soaked["answers"]:
+        kind, phase = a.tag.split()[0], _phase(a, soaked)
+        late = phase == "before" or a.sent > soaked["up"] + RECOVERY
+        if a.status not in (200, 401, 503):
+            problems.append(f"{kind} key: status {a.status or 'none'} ({phase})")
+        elif a.status == 503 and ("retry-after" not in a.headers or late):
+            problems.append(
+                f"a 503 outside the outage or without Retry-After ({phase})"
+            )
+        elif kind == "valid" and a.status != 200:
+            problems.append(f"a valid key got {a.status} ({phase})")
+        if a.seconds > TIMEOUT + 1:
+            problems.append(f"a {kind} key took {a.seconds:.1f} s ({phase})")
+    if soaked["lost"]:
+        problems.append(f"{soaked['lost']} requests unanswered or never sent")
+    if "Traceback" in soaked["log"]:
+        problems.append("the app logged a traceback")
+    return problems
+
+
+def _section(seconds: float, soaked: dict[str, Any]) -> Section:
+    s = Section("soak", ("figure", "soak", "baseline, same run", "check"))
+    answers: list[Answer] = soaked["answers"]
+    by: dict[tuple[str, str], list[Answer]] = {}
+    for a in answers:
+        by.setdefault((_phase(a, soaked), a.tag.split()[0]), []).append(a)
+    problems = _problems(soaked)
+
+    def share(phase: str, kind: str, status: int) -> str:
+        group = by.get((phase, kind), [])
+        return f"{sum(a.status == status for a in group):,} of {len(group):,}"
+
+    def latency(phase: str) -> str:
+        ms = sorted(a.seconds * 1e3 for a in by.get((phase, "valid"), []))
+        return " / ".join(f"{percentile(ms, q):,.1f}" for q in (50, 99, 100))
+
+    def ok(word: str) -> bool:
+        return not any(word in p for p in problems)
+
+    s.add(
+        "valid keys answered 200: during the outage; after",
+        f"{share('outage', 'valid', 200)}; {share('after', 'valid', 200)}",
+        f"before: {share('before', 'valid', 200)}",
+        judged("all", ok("valid key got")),
     )
-    args = parser.parse_args()
-    sys.exit(asyncio.run(soak(args.seconds, args.rate, not args.no_outage)))
-
-
-if __name__ == "__main__":
-    main()
+    s.add(
+        "valid-key p50 / p99 / max ms: during the outage; after",
+        f"{latency('outage')}; {latency('after')}",
+        f"before: {latency('before')}",
+        judged(f"every request ≤ {TIMEOUT + 1:g} s", ok(" took ")),
+    )
+    last = max((a.sent for a in answers if a.status == 503), default=soaked["up"])
+    s.add(
+        "random keys answered 503 (with Retry-After): during; after",
+        f"{share('outage', 'random', 503)}; {share('after', 'random', 503)}, the "
+        f"last {max(0.0, last - soaked['up']):.1f} s after Firestore was back",
+        f"before: {share('before', 'random', 503)}",
+        judged(f"only in the outage and ≤ {RECOVERY:g} s after", ok("a 503")),
+    )
+    counted, expected = soaked["usage"]
+    if counted != expected:
+        problems.append("usage counts in Firestore differ from the 200s served")
+    s.add(
+        "usage counts in Firestore",
+        f"{sum(counted.values()):,}",
+        f"{sum(expected.values()):,} 200s served to valid keys",
+        judged("equal, key by key", counted == expected),
+    )
+    memory = soaked["memory_mb"]
+    growth = max(memory) - memory[len(memory) // 4]
+    if growth > MEMORY_GROWTH_MB:
+        problems.append(f"memory grew by {growth:.0f} MB")
+    s.add(
+        "app memory MB: first → last sample (growth after the first quarter)",
+        f"{memory[0]:.0f} → {memory[-1]:.0f} ({growth:+.1f})",
+        "-",
+        judged(f"growth ≤ {MEMORY_GROWTH_MB} MB", growth <= MEMORY_GROWTH_MB),
+    )
+    start = answers[0].sent
+    s.notes.append(
+        f"{seconds:g} s at {RATE:g} req/s (70% valid, 15% revoked, 15% random keys); "
+        f"Firestore down from {soaked['down'] - start:.1f} s "
+        f"to {soaked['up'] - start:.1f} s."
+    )
+    s.data = {"problems": problems[:50], "memory_mb": memory}
+    # Other statuses, requests unanswered, tracebacks: no row, a failure.
+    s.failures = sorted(set(problems))[:10]
+    if s.failures:
+        s.notes += [f"FAILED: {failure}." for failure in s.failures]
+        log = soaked["log"].splitlines()[-15:]
+        s.notes.append("The app's log, last lines:\n\n    " + "\n    ".join(log))
+    return s

@@ -8,15 +8,14 @@ if pause > 0 then
   end
 end
 
--- wrk calls done() once, at the end: print the figures as one JSON line, in
--- microseconds, so that the benchmark need not parse wrk's human-readable units.
+-- wrk calls done() once, at the end: the figures as one JSON line, in µs, so
+-- that the harness need not parse wrk's human-readable units. errors: answers
+-- other than 2xx/3xx, and failed connects, reads, writes and timeouts.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {"requests": %d, "duration_us": %.1f, "p50_us": %.1f, ' ..
-    '"p90_us": %.1f, "p99_us": %.1f, "max_us": %.1f, "status_errors": %d, ' ..
-    '"socket_errors": %d}\n',
+    '"p99_us": %.1f, "errors": %d}\n',
     summary.requests, summary.duration, latency:percentile(50),
-    latency:percentile(90), latency:percentile(99), latency.max, e.status,
-    e.connect + e.read + e.write + e.timeout))
+    latency:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
 end

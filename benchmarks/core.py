@@ -1,0 +1,239 @@
+"""Core: the demo app (ttl mode, defaults) at the framework's speed, and what
+unknown keys cost it. Baselines from the same run: over HTTP the floor app
+(floor_app.py), in process a set lookup, for unknown keys the sketch (sketch.py)."""
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, suppress
+from typing import Any
+
+from benchmarks.emulator import sync_client
+from benchmarks.harness import Bench
+from benchmarks.load import HEADER, Run, unknown
+from benchmarks.procs import PROJECT, BenchmarkError, Server, on_cpu
+from benchmarks.rawhttp import fetch, get, open_loop
+from benchmarks.report import Section, judged, ratio
+from benchmarks.sketch import Sketch
+from benchmarks.stats import per_call_us
+from keystore import ApiKeyStore, MalformedKey, Settings
+from keystore.keys import new_key
+
+APPS = {"keystore": "api.main:app", "floor": "benchmarks.floor_app:create_app"}
+WHOAMI = "/v1/whoami"
+MISS_RATE = 200.0
+HERD = 200
+#: (connections, pause ms before each request). Saturated, the cached keys' p99
+#: grows by whatever CPU the misses take; 8 connections pausing 3 ms offer a
+#: steady load at about half the server's req/s, where a blocked event loop
+#: shows most: the level the 1.5x target is for.
+LEVELS = {"steady": (8, 3.0), "saturated": (32, 0.0)}
+
+
+async def run(bench: Bench) -> Section:
+    s = Section("core", ("figure", "keystore", "baseline, same run", "target"))
+    # No lookup budget in process: the CPU figure is what one read costs.
+    collection = bench.collection("core")
+    settings = Settings(
+        project=PROJECT, collection=collection, max_lookups_per_second=0
+    )
+    async with ApiKeyStore(settings) as store:
+        key = (await store.create(name="bench", scopes=["reports:read"])).key
+    async with AsyncExitStack() as stack:
+        env = {"KEYSTORE_COLLECTION": collection, "FLOOR_KEYS": key}
+        servers = {
+            name: await stack.enter_async_context(bench.serve(name, app, **env))
+            for name, app in APPS.items()
+        }
+        with on_cpu(bench.cpus.load):
+            for server in servers.values():
+                status, text = await fetch(get(server.url + WHOAMI, {HEADER: key}))
+                if status != 200:  # else we would time 401s
+                    raise BenchmarkError(f"{server.name} refused the key: {text}")
+            await _throughput(s, bench, servers, key)
+            await _latency(s, bench, servers, key)
+    with on_cpu(bench.cpus.server):
+        bench.say("core: in process: warm check, herd, malformed and unknown keys")
+        await _in_process(s, bench.quick, settings, key)
+    return s
+
+
+async def _throughput(
+    s: Section, bench: Bench, servers: dict[str, Server], key: str
+) -> None:
+    keyed = {"/healthz": None, WHOAMI: key}
+    targets = [(servers[app], path, keyed[path]) for path in keyed for app in APPS]
+    ks_h, fl_h, ks_w, fl_w = await bench.loader.best(targets)
+    bench.say(
+        f"core: healthz {ks_h:,.0f} floor {fl_h:,.0f}; whoami {ks_w:,.0f} {fl_w:,.0f}"
+    )
+    h, w, ks, fl = (
+        ratio(ks_h, fl_h),
+        ratio(ks_w, fl_w),
+        ratio(ks_w, ks_h),
+        ratio(fl_w, fl_h),
+    )
+    s.add(
+        "req/s, GET /healthz (open route), wrk, 32 connections",
+        f"{ks_h:,.0f}",
+        f"{fl_h:,.0f} floor's open route",
+        judged("≥ 0.95x", h >= 0.95, f"{h:.3f}x"),
+    )
+    s.add(
+        "req/s, GET /v1/whoami (cached key)",
+        f"{ks_w:,.0f}",
+        f"{fl_w:,.0f} floor's guarded route",
+        judged("≥ 0.90x", w >= 0.90, f"{w:.3f}x"),
+    )
+    note = f"{ratio(ks, fl):.2f}x the floor's"
+    if fl < 0.95:
+        note += "; the target is above the floor: FastAPI's own key check costs more"
+    s.add(
+        "whoami / healthz req/s",
+        f"{ks:.3f}",
+        f"{fl:.3f} floor",
+        judged("≥ 0.95", ks >= 0.95, note),
+    )
+
+
+async def _latency(
+    s: Section, bench: Bench, servers: dict[str, Server], key: str
+) -> None:
+    """The cached key's p99 alone and while unknown keys arrive, each app."""
+    for level, (conns, pause) in LEVELS.items():
+        runs: dict[str, tuple[Run, Run]] = {}
+        for app, server in servers.items():
+            idle = await bench.loader.measure(server, WHOAMI, key, conns, pause)
+            seconds = bench.loader.warmup + bench.loader.seconds + 1.5
+            misses = asyncio.ensure_future(
+                open_loop(unknown(server.url + WHOAMI), MISS_RATE, seconds)
+            )
+            await asyncio.sleep(0.5)  # the stream runs before and after the run
+            runs[app] = (
+                idle,
+                await bench.loader.measure(server, WHOAMI, key, conns, pause),
+            )
+            stream = await misses
+            bench.say(f"core: {level} {app}: p99 {_p99(*runs[app])}")
+            answered = sum(a.status == 401 for a in stream.answers) / stream.seconds
+            if answered < 0.95 * MISS_RATE:  # refused (503), or left waiting
+                got = f"{stream.statuses}, {stream.lost} lost"
+                s.notes.append(
+                    f"{level}, {app}: {answered:.0f} unknown keys/s ({got})."
+                )
+        (idle, busy), floor = runs["keystore"], runs["floor"]
+        target = judged("≤ 1.5x", busy.p99_ms <= 1.5 * idle.p99_ms)
+        if level != "steady":
+            lost = f"{ratio(busy.rps, idle.rps) - 1:+.0%}"
+            target = f"(beside the steady factor; req/s {lost}: misses take the CPU)"
+        how = f"{conns} connections" + (f" pausing {pause:g} ms" if pause else "")
+        label = (
+            f"cached-key p99 ms, idle → {MISS_RATE:g} unknown keys/s, {level} ({how})"
+        )
+        s.add(label, _p99(idle, busy), f"{_p99(*floor)} floor", target)
+
+
+async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> None:
+    async with ApiKeyStore(settings) as store:
+        await store.verify(key)  # the row is held: what follows is warm
+
+        async def set_lookup() -> bool:
+            return key in {key}
+
+        async def verify() -> object:
+            return await store.verify(key)
+
+        us = await per_call_us(
+            {"verify": verify, "set": set_lookup}, 10**4 if quick else 5 * 10**4
+        )
+    # A fresh store: its cache is empty, so the herd's key is not held.
+    async with ApiKeyStore(settings) as store:
+        herd = sum(
+            await asyncio.gather(*(store.does_api_key_exist(key) for _ in range(HERD)))
+        )
+        herd_reads = store.reads["check"]
+    garbage = [_malformed(settings.prefix) for _ in range(200 if quick else 2000)]
+    seconds = 2.0 if quick else 6.0
+    async with ApiKeyStore(settings) as store:
+        for k in garbage:
+            with suppress(MalformedKey):
+                await store.verify(k)
+        malformed_reads = store.reads["check"]
+        cpu = await _cpu_ms(store.does_api_key_exist, seconds)
+    with sync_client() as client:
+        sketch = Sketch(client, settings.collection)
+
+        async def sketch_lookup(k: str) -> object:
+            return sketch.lookup(k)  # blocks the loop, as in the sketch's app
+
+        sketch_cpu = await _cpu_ms(sketch_lookup, seconds)
+        sketch_herd = _threads(client, settings.collection, [key] * HERD)
+        sketch_malformed = _threads(client, settings.collection, garbage)
+    s.add(
+        "µs per warm check (`verify`), in process",
+        f"{us['verify']:.2f}",
+        f"{us['set']:.2f} set lookup",
+        judged("≤ 5", us["verify"] <= 5),
+    )
+    s.add(
+        f"CPU ms per unknown-key lookup at {MISS_RATE:g}/s, in process",
+        f"{cpu:.2f}",
+        f"{sketch_cpu:.2f} sketch",
+        judged("≤ 0.5", cpu <= 0.5),
+    )
+    ok = herd_reads == 1 and herd == HERD and malformed_reads == 0
+    s.add(
+        f"Firestore reads: {HERD} concurrent checks of one key not held; "
+        f"{len(garbage):,} malformed keys",
+        f"{herd_reads}; {malformed_reads}",
+        f"{sketch_herd}; {sketch_malformed:,} sketch (from threads)",
+        judged("= 1; = 0", ok),
+    )
+    s.data |= {"us": us, "unknown_cpu_ms": cpu, "sketch_unknown_cpu_ms": sketch_cpu}
+
+
+def _p99(idle: Run, busy: Run) -> str:
+    return (
+        f"{idle.p99_ms:.2f} → {busy.p99_ms:.2f}, {ratio(busy.p99_ms, idle.p99_ms):.2f}x"
+    )
+
+
+def _malformed(prefix: str) -> str:
+    """A key of the right shape whose checksum is wrong: its last character."""
+    key = new_key(prefix)
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+async def _cpu_ms(lookup: Callable[[str], Awaitable[object]], seconds: float) -> float:
+    """CPU ms of this process (all threads, gRPC's too) per lookup of a new
+    unknown key arriving at MISS_RATE a second, beyond its CPU when idle."""
+    for _ in range(30):  # connected, its code paths warm
+        await lookup(new_key("ks"))
+    cpu = time.process_time()
+    await asyncio.sleep(1)
+    idle, tasks = time.process_time() - cpu, []
+    cpu, start = time.process_time(), time.perf_counter()
+    for i in range(n := int(MISS_RATE * seconds)):
+        if (delay := start + i / MISS_RATE - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(lookup(new_key("ks"))))
+    await asyncio.gather(*tasks)
+    return (time.process_time() - cpu - idle * (time.perf_counter() - start)) / n * 1e3
+
+
+def _threads(client: Any, collection: str, keys: list[str]) -> int:
+    """The sketch's Firestore gets for ``keys`` asked at once from threads (its
+    ``def`` dependency in FastAPI's pool): one per key not yet cached."""
+    sketch = Sketch(client, collection, lock=threading.Lock())
+    barrier = threading.Barrier(min(len(keys), HERD))
+
+    def one(k: str) -> object:
+        with suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+        return sketch.lookup(k)
+
+    with ThreadPoolExecutor(HERD) as pool:
+        list(pool.map(one, keys))
+    return sketch.reads

@@ -1,0 +1,44 @@
+"""The sketch: the design as first drawn, the baseline for what unknown keys cost.
+
+A plain synchronous ``google.cloud.firestore.Client`` document get behind
+``cachetools.cached(TTLCache(ttl=60))``, keyed by the plaintext key, called
+straight from the event loop (the sketch's ``async def`` dependency). Rows are
+documents whose id is the key's SHA-256 hex.
+"""
+
+import hashlib
+import threading
+from contextlib import AbstractContextManager
+from typing import Any
+
+from cachetools import TTLCache, cached
+from google.cloud import firestore
+
+Row = dict[str, Any]
+
+
+class Sketch:
+    """One cached lookup and the count of Firestore gets behind it."""
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        collection: str,
+        *,
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        self._collection = client.collection(collection)
+        self._count_lock = threading.Lock()
+        self.reads = 0
+        self.cache: TTLCache[Any, Row | None] = TTLCache(maxsize=10_000, ttl=60)
+        # cachetools asks for a lock under threads; it is let go while Firestore
+        # is asked, so it does not serialize the gets (nor merge them).
+        self.lookup = cached(self.cache, lock=lock)(self._get)
+
+    def _get(self, key: str) -> Row | None:
+        with self._count_lock:
+            self.reads += 1
+        snapshot = self._collection.document(
+            hashlib.sha256(key.encode()).hexdigest()
+        ).get()
+        return (snapshot.to_dict() or {}) if snapshot.exists else None
