@@ -12,7 +12,6 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import replace
 
 from benchmarks.emulator import sync_client
 from benchmarks.harness import Bench
@@ -109,7 +108,10 @@ async def _open(store: ApiKeyStore) -> ApiKeyStore:
 async def _in_process(
     s: Section, quick: bool, settings: Settings, keys: list[str]
 ) -> None:
-    stores = [await _open(ApiKeyStore(replace(settings, sync=m))) for m in SYNC_MODES]
+    stores = [
+        await _open(ApiKeyStore(settings.model_copy(update={"sync": m})))
+        for m in SYNC_MODES
+    ]
 
     def check(store: ApiKeyStore) -> Call:
         return lambda: store.verify(keys[0])
@@ -137,7 +139,8 @@ async def _in_process(
     )
     held = keys[: 100 if quick else 1000]
     per_key = [
-        await _bytes_per_key(replace(settings, sync=m), held) for m in SYNC_MODES
+        await _bytes_per_key(settings.model_copy(update={"sync": m}), held)
+        for m in SYNC_MODES
     ]
     s.add(
         "bytes per key held in memory (tracemalloc)",
@@ -152,7 +155,7 @@ async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
     """Python memory per row held (not gRPC's buffers in C); reload, listen:
     from before open() to ready; ttl: as ``keys`` are looked up."""
     # No lookup budget: the ttl loop reads as fast as the emulator answers.
-    store = ApiKeyStore(replace(settings, max_lookups_per_second=0))
+    store = ApiKeyStore(settings.model_copy(update={"max_lookups_per_second": 0}))
     ttl = settings.sync == "ttl"
     if ttl:
         await _open(store)
