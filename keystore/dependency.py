@@ -178,7 +178,8 @@ class ApiKeyAuth(SecurityBase):
         except StoreUnavailable:
             raise unavailable(store.settings.retry_after) from None
         if record.rate_limit is not None or record.owner is not None:
-            response.headers.update(store.limiter.headers(record))
+            for name, value in store.limiter.headers(record).items():
+                response.headers.append(name, value)  # new names: no scan
         return record
 
     def document(self, app: FastAPI) -> None:
