@@ -18,7 +18,6 @@ from google.cloud.firestore_v1.types import (
     Document,
     DocumentMask,
     DocumentTransform,
-    GetDocumentRequest,
     Precondition,
     RunQueryRequest,
     RunQueryResponse,
@@ -84,21 +83,9 @@ class KeyCollection:
 
     async def get(self, key_id: str, *, cause: str) -> Row | None:
         """One row, or None if there is none: one document read."""
-        connection = self.connection
-        name = self._path(key_id)
-
-        async def read(client: FirestoreAsyncClient) -> Any:
-            try:
-                return await client.get_document(
-                    request=GetDocumentRequest(name=name),
-                    retry=None,
-                    timeout=connection.attempt_timeout,
-                    metadata=connection.metadata,
-                )
-            except google_errors.NotFound:
-                return None
-
-        document = await connection.call(f"read of key {key_id}", read)
+        document = await self.connection.get_document(
+            self._path(key_id), f"read of key {key_id}"
+        )
         self.reads[cause] += 1
         if document is None:
             return None

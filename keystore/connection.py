@@ -29,6 +29,7 @@ from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.services.firestore.transports import (
     FirestoreGrpcAsyncIOTransport,
 )
+from google.cloud.firestore_v1.types import GetDocumentRequest
 
 from keystore.errors import ConfigError, StoreUnavailable
 from keystore.settings import Settings
@@ -154,6 +155,22 @@ class Connection:
             await transport.grpc_channel.close(grace=_CLOSE_GRACE)
             await asyncio.sleep(_CLOSE_DRAIN)
             self.channels_closed += 1
+
+    async def get_document(self, name: str, what: str) -> Any:
+        """The document at ``name``, or None if there is none: one read."""
+
+        async def read(client: FirestoreAsyncClient) -> Any:
+            try:
+                return await client.get_document(
+                    request=GetDocumentRequest(name=name),
+                    retry=None,
+                    timeout=self.attempt_timeout,
+                    metadata=self.metadata,
+                )
+            except google_errors.NotFound:
+                return None
+
+        return await self.call(what, read)
 
     async def call(
         self,

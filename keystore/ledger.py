@@ -30,14 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions as google_errors
-from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.types import (
     CommitRequest,
     CommitResponse,
     Document,
     DocumentMask,
     DocumentTransform,
-    GetDocumentRequest,
     Precondition,
     Write,
 )
@@ -354,20 +352,7 @@ class Ledger:
         raise StoreUnavailable(f"Too many writers on {collection}/{doc_id}; retry.")
 
     async def _read(self, name: str, cause: str = "limits") -> Any:
-        connection = self._connection
-
-        async def read(client: FirestoreAsyncClient) -> Any:
-            try:
-                return await client.get_document(
-                    request=GetDocumentRequest(name=name),
-                    retry=None,
-                    timeout=connection.attempt_timeout,
-                    metadata=connection.metadata,
-                )
-            except google_errors.NotFound:
-                return None
-
-        document = await connection.call("read of limits", read)
+        document = await self._connection.get_document(name, "read of limits")
         self._reads[cause] += 1
         return document
 
