@@ -75,6 +75,10 @@ class KeyCache:
             return entry.record
         return None
 
+    def holds(self, key_id: str) -> bool:
+        """True if memory holds a row for ``key_id``, fresh or not."""
+        return key_id in self._known
+
     async def get(self, key_id: str, load: Loader) -> ApiKey | None:
         """The row for ``key_id``, from memory when fresh, else from ``load``."""
         record = self.peek(key_id)

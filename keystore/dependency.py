@@ -167,7 +167,8 @@ class ApiKeyAuth(SecurityBase):
         if not record.has_limits:
             return record
         try:
-            await store.spend(record, self.cost)
+            if not store.limiter.spend_now(record, self.cost):
+                await store.spend(record, self.cost)
         except LimitExceeded as exc:
             headers = store.limiter.headers(record)
             if exc.retry_after is not None:
@@ -178,8 +179,8 @@ class ApiKeyAuth(SecurityBase):
         except StoreUnavailable:
             raise unavailable(store.settings.retry_after) from None
         if record.rate_limit is not None or record.owner is not None:
-            for name, value in store.limiter.headers(record).items():
-                response.headers.append(name, value)  # new names: no scan
+            # New names, added as they are: FastAPI copies them to the answer.
+            response.headers.raw.extend(store.limiter.raw_headers(record))
         return record
 
     def document(self, app: FastAPI) -> None:

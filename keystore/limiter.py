@@ -55,6 +55,10 @@ _LOW_WATER = 1 / 4
 _SECONDS_PER_HOLDER = 4 / 3
 
 
+#: The draft's header names, as a response spells them out of raw_headers.
+_HEADER_NAMES = {b"ratelimit-policy": "RateLimit-Policy", b"ratelimit": "RateLimit"}
+
+
 class Allowance:
     """What this process holds of one limited document."""
 
@@ -69,6 +73,7 @@ class Allowance:
         "known",
         "revoked",
         "policy",
+        "state",
         "fast_until",
         "rate_low",
         "credits_low",
@@ -110,7 +115,8 @@ class Allowance:
         self.has_credits = False
         self.known = False  # config known (owners: from the first lease)
         self.revoked = False
-        self.policy = ""  # the RateLimit-Policy item
+        self.policy = b""  # the RateLimit-Policy item
+        self.state = b'"%s";r=%%d;t=%%d' % name.encode()  # the RateLimit item
         # The fast path runs until this moment, while holding at least 1
         # request and the request's credits; below the lows, it tops up.
         self.fast_until = 0.0
@@ -189,7 +195,13 @@ class Limiter:
         """Let one request of ``record`` through at ``cost`` credits, or raise
         RateLimited, CreditsExhausted, KeyNotFound (the row is gone), or
         StoreUnavailable (credits not held and Firestore unreachable)."""
-        # One flat function: the hot path, measured in microseconds.
+        if not self.spend_now(record, cost):
+            await self._spend_slowly(record.allowances, cost, self._wall())
+
+    def spend_now(self, record: ApiKey, cost: int = 1) -> bool:
+        """Spend from what this process holds, if that answers: True if the
+        request passed; False if ``spend`` must decide (it may wait)."""
+        # One flat function, no coroutine: the hot path, in microseconds.
         allowances = record.allowances or self._bind(record)
         now = self._wall()
         for a in allowances:
@@ -198,8 +210,7 @@ class Limiter:
                 or (a.shared and a.rate_held < 1)
                 or (cost and a.has_credits and a.credits_held < cost)
             ):
-                await self._spend_slowly(allowances, cost, now)
-                return
+                return False
         self.checks += 1
         for a in allowances:
             a.requests += 1
@@ -216,6 +227,7 @@ class Limiter:
                 a.op is None
             ):
                 a.op = asyncio.ensure_future(self._run_lease(a))
+        return True
 
     def _bind(self, record: ApiKey) -> tuple[Allowance, ...]:
         """The allowances of ``record``, kept on it (a record is immutable:
@@ -253,7 +265,8 @@ class Limiter:
     ) -> None:
         a.rate, a.refill, a.has_credits, a.known = rate, refill, credits, True
         a.shared = rate is not None and rate.is_shared
-        a.policy = f'"{a.name}";q={rate.limit};w={rate.window_seconds}' if rate else ""
+        policy = f'"{a.name}";q={rate.limit};w={rate.window_seconds}' if rate else ""
+        a.policy = policy.encode()
 
     def _refresh(self, a: Allowance, now: float) -> None:
         """Set the fast path's deadline and the top-up marks after a change."""
@@ -402,25 +415,40 @@ class Limiter:
     def headers(self, record: ApiKey) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` for the rate limits of
         ``record`` (draft-ietf-httpapi-ratelimit-headers); none without one."""
-        policies, states = [], []
+        return {
+            _HEADER_NAMES[name]: value.decode()
+            for name, value in self.raw_headers(record)
+        }
+
+    def raw_headers(self, record: ApiKey) -> list[tuple[bytes, bytes]]:
+        """``headers`` as ASGI raw headers, to add to a response as they are."""
+        # Bytes formatted in place, no helpers: this runs on every response.
         now = self._wall()
+        policies, states = [], []
         for a in record.allowances or ():
             rate = a.rate
             if rate is None:
                 continue
-            start = rate.window_start(now)
+            length = rate.window_seconds
+            start = int(now // length) * length
             if a.shared and a.window == start and now >= a.degraded_until:
                 remaining = a.rate_held + a.rate_unclaimed
+            elif a.local_window == start:
+                remaining = rate.limit - a.local_count
             else:
-                remaining = rate.limit - (
-                    a.local_count if a.local_window == start else 0
-                )
-            reset = seconds_until(start + rate.window_seconds, now)
+                remaining = rate.limit
             policies.append(a.policy)
-            states.append(f'"{a.name}";r={max(0, remaining)};t={reset}')
+            # Seconds to the window's end, rounded up: at least 1.
+            reset = math.ceil(start + length - now)
+            states.append(a.state % (max(0, remaining), reset))
         if not policies:
-            return {}
-        return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
+            return []
+        if len(policies) == 1:
+            return [(b"ratelimit-policy", policies[0]), (b"ratelimit", states[0])]
+        return [
+            (b"ratelimit-policy", b", ".join(policies)),
+            (b"ratelimit", b", ".join(states)),
+        ]
 
     # -- leases -------------------------------------------------------------------
 

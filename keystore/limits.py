@@ -8,7 +8,7 @@ are set to 10000 (replaced, not added to).
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -36,15 +36,19 @@ class RateLimit:
 
     limit: int
     window_seconds: int
+    #: ``100/1m``: made once, since a route may show it on every response.
+    text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_AMOUNT:
             raise ValueError(f"a rate limit must be 1 to {MAX_AMOUNT} requests")
         if not 1 <= self.window_seconds <= MAX_WINDOW_SECONDS:
             raise ValueError("a rate window must be 1 second to 7 days")
+        text = f"{self.limit}/{_duration(self.window_seconds)}"
+        object.__setattr__(self, "text", text)
 
     def __str__(self) -> str:
-        return f"{self.limit}/{_duration(self.window_seconds)}"
+        return self.text
 
     @property
     def is_shared(self) -> bool:

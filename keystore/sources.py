@@ -161,7 +161,8 @@ class TtlSource:
             # Not an outage: Firestore is not asked, so nothing trips.
             raise StoreBusy("Too many keys to look up at once; retry shortly.")
         logger.debug("Cache miss for key %s.", key_id)
-        return read_row(key_id, await self._lookups.get(key_id))
+        known = self._cache.holds(key_id)
+        return read_row(key_id, await self._lookups.get(key_id, known=known))
 
 
 def make_source(

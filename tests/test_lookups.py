@@ -1,0 +1,66 @@
+"""Reads of rows not in memory (ttl mode): first reads gathered into one
+BatchGetDocuments call, refreshes of rows in use sent at once."""
+
+import asyncio
+
+import pytest
+
+from keystore import ApiKeyStore, Settings
+from keystore.keys import new_key
+from tests.conftest import Timer
+from tests.interceptors import Recorder
+
+pytestmark = pytest.mark.anyio
+
+BATCH = "BatchGetDocuments"
+
+
+async def sent(rpc_calls: Recorder, count: int) -> bool:
+    """True once ``count`` reads have gone out, within a few loop turns: far
+    less than the gathering window, so nothing waited for it."""
+    for _ in range(50):
+        if rpc_calls.count(BATCH) >= count:
+            return True
+        await asyncio.sleep(0)
+    return False
+
+
+async def test_unknown_keys_checked_together_go_as_one_read(
+    settings: Settings, rpc_calls: Recorder
+) -> None:
+    keys = [new_key(settings.prefix) for _ in range(20)]
+    async with ApiKeyStore(settings, interceptors=rpc_calls.interceptors) as cold:
+        found = await asyncio.gather(*(cold.does_api_key_exist(k) for k in keys))
+        assert found == [False] * 20
+        assert rpc_calls.count(BATCH) == 1
+        assert cold.reads["check"] == 20  # Firestore bills each document
+
+
+async def test_a_first_read_waits_for_the_next(
+    settings: Settings, rpc_calls: Recorder
+) -> None:
+    """The lone first check is held back, so one that follows shares its call."""
+    async with ApiKeyStore(settings, interceptors=rpc_calls.interceptors) as cold:
+        made = await cold.create(name="n")
+        first = asyncio.ensure_future(cold.does_api_key_exist(new_key(settings.prefix)))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(cold.does_api_key_exist(made.key))
+        assert await asyncio.gather(first, second) == [False, True]
+        assert rpc_calls.count(BATCH) == 1
+
+
+async def test_the_refresh_of_a_row_in_use_is_not_held_back(
+    store: ApiKeyStore, timer: Timer, rpc_calls: Recorder
+) -> None:
+    made = await store.create(name="n")
+    assert await store.does_api_key_exist(made.key)
+    before = rpc_calls.count(BATCH)
+    timer.tick(store.settings.cache_ttl + 1)  # the row is held, but stale
+    waiting = asyncio.ensure_future(store.does_api_key_exist(new_key(store.settings.prefix)))
+    await asyncio.sleep(0)
+    refresh = asyncio.ensure_future(store.does_api_key_exist(made.key))
+    # The refresh goes at once and takes the waiting first read along.
+    assert await sent(rpc_calls, before + 1)
+    assert await asyncio.gather(waiting, refresh) == [False, True]
+    assert rpc_calls.count(BATCH) == before + 1
