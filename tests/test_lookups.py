@@ -57,7 +57,9 @@ async def test_the_refresh_of_a_row_in_use_is_not_held_back(
     assert await store.does_api_key_exist(made.key)
     before = rpc_calls.count(BATCH)
     timer.tick(store.settings.cache_ttl + 1)  # the row is held, but stale
-    waiting = asyncio.ensure_future(store.does_api_key_exist(new_key(store.settings.prefix)))
+    waiting = asyncio.ensure_future(
+        store.does_api_key_exist(new_key(store.settings.prefix))
+    )
     await asyncio.sleep(0)
     refresh = asyncio.ensure_future(store.does_api_key_exist(made.key))
     # The refresh goes at once and takes the waiting first read along.
