@@ -46,7 +46,7 @@ async def test_a_first_read_waits_for_the_next(
         for _ in range(10):
             await asyncio.sleep(0)
         second = asyncio.ensure_future(cold.does_api_key_exist(made.key))
-        assert await asyncio.gather(first, second) == (False, True)
+        assert [await first, await second] == [False, True]
         assert rpc_calls.count(BATCH) == 1
 
 
@@ -64,5 +64,5 @@ async def test_the_refresh_of_a_row_in_use_is_not_held_back(
     refresh = asyncio.ensure_future(store.does_api_key_exist(made.key))
     # The refresh goes at once and takes the waiting first read along.
     assert await sent(rpc_calls, before + 1)
-    assert await asyncio.gather(waiting, refresh) == (False, True)
+    assert [await waiting, await refresh] == [False, True]
     assert rpc_calls.count(BATCH) == before + 1
