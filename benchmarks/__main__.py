@@ -7,6 +7,7 @@ a baseline measured in the same run; all go to benchmarks/results/latest.json
 """
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -17,8 +18,7 @@ from datetime import UTC, datetime
 from benchmarks import core, limits, modes, soak
 from benchmarks.harness import Bench, guarded
 from benchmarks.procs import ROOT
-from benchmarks.report import Section, write_json
-from benchmarks.stats import percentile
+from benchmarks.report import Section, percentile
 
 SUITES: dict[str, Callable[[Bench], Awaitable[Section]]] = {
     "core": core.run,
@@ -34,14 +34,14 @@ async def _run(bench: Bench, names: list[str]) -> int:
     for name in names:
         bench.say(f"{name}: starting")
         sections.append(await SUITES[name](bench))
-    cpus, runs = bench.cpus, bench.loader.runs
+    cpus, runs = bench.cpus, bench.runs
     pinned = f"servers on CPU {cpus.server}, the rest on CPU {cpus.load}"
     heading = (
         f"keystore benchmarks{' --quick' if bench.quick else ''}, "
         f"{started:%Y-%m-%d %H:%M} UTC, {time.monotonic() - bench.started:.0f} s; "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs "
         f"({pinned if cpus.server is not None else 'not pinned'}), "
-        f"{bench.loader.describe()}; load average {load:.2f} at the start, "
+        f"{bench.describe_loader()}; load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end"
     )
     if others := sorted(run.others_cpu_pct for run in runs):
@@ -54,8 +54,14 @@ async def _run(bench: Bench, names: list[str]) -> int:
     print(heading + ".")
     for section in sections:
         print(f"\n{section.markdown()}")
-    name = "quick.json" if bench.quick else "latest.json"
-    write_json(ROOT / "benchmarks" / "results" / name, heading, sections)
+    suites = {
+        s.name: {"rows": s.rows, "notes": s.notes, "data": s.data} for s in sections
+    }
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{'quick' if bench.quick else 'latest'}.json").write_text(
+        json.dumps({"machine": heading, "suites": suites}, default=str)
+    )
     for failure in (f"{s.name}: {f}" for s in sections for f in s.failures):
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if any(s.failures for s in sections) else 0
@@ -68,11 +74,11 @@ def main() -> int:
         "--only", default=",".join(SUITES), help="suites, comma-separated"
     )
     args = parser.parse_args()
-    names = [name for name in SUITES if name in args.only.split(",")]
     if unknown := set(args.only.split(",")) - set(SUITES):
         parser.error(
             f"no suite {', '.join(sorted(unknown))}; there are {', '.join(SUITES)}"
         )
+    names = [name for name in SUITES if name in args.only.split(",")]
     return guarded(args.quick, lambda bench: _run(bench, names))
 
 

@@ -9,11 +9,9 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from benchmarks.harness import Bench
-from benchmarks.load import HEADER
-from benchmarks.procs import PROJECT, Server, on_cpu
+from benchmarks.procs import Server, on_cpu
 from benchmarks.rawhttp import Request, Stream, get, metrics, open_loop
-from benchmarks.report import Section, judged, ratio
-from benchmarks.stats import per_call_us
+from benchmarks.report import Section, judged, per_call_us, ratio
 from keystore import ApiKeyStore, Settings
 from keystore.limits import parse_rate_limit
 
@@ -22,6 +20,7 @@ UNBOUND = parse_rate_limit("1000000000/1d")
 LIMIT, WINDOW = 200, 10
 STEADY_RATE = 100.0
 WHOAMI = "/v1/whoami"
+Keys = dict[str, str]  # by name
 TOTALS = {
     "checks": "keystore_limit_checks_total",
     "waits": "keystore_limit_waits_total",
@@ -31,7 +30,7 @@ TOTALS = {
 
 async def run(bench: Bench) -> Section:
     s = Section("limits", ("figure", "keystore", "baseline, same run", "target"))
-    settings = Settings(project=PROJECT, collection=bench.collection("limits"))
+    settings = Settings(collection=bench.collection("limits"))
     rate = parse_rate_limit(f"{LIMIT}/{WINDOW}s")
     async with ApiKeyStore(settings) as store:
         made = {
@@ -44,14 +43,11 @@ async def run(bench: Bench) -> Section:
     keys = {name: new.key for name, new in made.items()}
     with on_cpu(bench.cpus.server):
         bench.say("limits: in process: warm checks with and without limits")
-        await _hot_path(s, settings, keys, 10_000 if bench.quick else 50_000)
+        await _hot_path(s, bench.quick, settings, keys)
     async with AsyncExitStack() as stack:
-        servers = []
-        for i in range(3):
-            app = bench.serve(
-                f"limits{i}", "api.main:app", KEYSTORE_COLLECTION=settings.collection
-            )
-            servers.append(await stack.enter_async_context(app))
+        env = {"KEYSTORE_COLLECTION": settings.collection}
+        apps = (bench.serve(f"limits{i}", "api.main:app", **env) for i in range(3))
+        servers = [await stack.enter_async_context(app) for app in apps]
         with on_cpu(bench.cpus.load):
             await _rps(s, bench, servers[0], keys)
             bench.say("limits: one key at 100/s over 3 apps, then 2L per window")
@@ -59,13 +55,8 @@ async def run(bench: Bench) -> Section:
     return s
 
 
-async def _hot_path(
-    s: Section, settings: Settings, keys: dict[str, str], n: int
-) -> None:
+async def _hot_path(s: Section, quick: bool, settings: Settings, keys: Keys) -> None:
     async with ApiKeyStore(settings) as store:
-
-        async def set_lookup() -> bool:
-            return keys["plain"] in {keys["plain"]}
 
         async def verify() -> object:
             return await store.verify(keys["plain"])
@@ -76,9 +67,8 @@ async def _hot_path(
             return record
 
         await with_limits()  # the first lease is taken: what follows is warm
-        us = await per_call_us(
-            {"set": set_lookup, "verify": verify, "limits": with_limits}, n
-        )
+        calls = {"verify": verify, "limits": with_limits}
+        us = await per_call_us(calls, keys["plain"], quick)
     slower = ratio(us["limits"], us["verify"])
     s.add(
         "µs per warm check, rate limit + credits (`verify` + `spend`), in process",
@@ -89,10 +79,9 @@ async def _hot_path(
     s.data["us"] = us
 
 
-async def _rps(s: Section, bench: Bench, server: Server, keys: dict[str, str]) -> None:
-    plain, limited = await bench.loader.best(
-        [(server, WHOAMI, keys["plain"]), (server, WHOAMI, keys["limited"])]
-    )
+async def _rps(s: Section, bench: Bench, server: Server, keys: Keys) -> None:
+    targets = [(server, WHOAMI, keys["plain"]), (server, WHOAMI, keys["limited"])]
+    plain, limited = await bench.best(targets)
     kept = ratio(limited, plain)
     s.add(
         "req/s, GET /v1/whoami, key with limits (one app, wrk)",
@@ -109,7 +98,7 @@ async def _totals(servers: list[Server]) -> dict[str, float]:
 
 
 def _spread(key: str, apps: list[Server]) -> Callable[[int], Request]:
-    return lambda i: get(apps[i % len(apps)].url + WHOAMI, {HEADER: key})
+    return lambda i: get(apps[i % len(apps)].url + WHOAMI, key)
 
 
 def _per_window(stream: Stream) -> list[int]:
@@ -118,9 +107,7 @@ def _per_window(stream: Stream) -> list[int]:
     return [counts[w] for w in sorted(counts)]
 
 
-async def _across(
-    s: Section, quick: bool, servers: list[Server], keys: dict[str, str]
-) -> None:
+async def _across(s: Section, quick: bool, servers: list[Server], keys: Keys) -> None:
     before = await _totals(servers)
     # The steady run ends where a window opens, so the next test starts at one.
     seconds, windows = (4.0, 1) if quick else (30.0, 3)

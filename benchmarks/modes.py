@@ -1,32 +1,28 @@
-"""Modes: keystore's three sync modes side by side, over 10,000 keys.
-
-One demo app per mode (KEYSTORE_SYNC=ttl, reload, listen; usage counting off)
-on one collection, and in process one store per mode. Baselines from the same
-run: a set lookup, the settings, each app alone, and ttl, which loads nothing.
-"""
+"""Modes: keystore's three sync modes side by side, over 10,000 keys: one demo
+app per mode (usage counting off) on one collection, and in process one store
+per mode. Baselines from the same run: a set lookup, the settings, each app
+alone, and ttl, which loads nothing."""
 
 import asyncio
 import gc
 import os
 import time
 import tracemalloc
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from functools import partial
 
-from benchmarks.emulator import sync_client
+from benchmarks import rawhttp
 from benchmarks.harness import Bench
-from benchmarks.load import HEADER, in_turn, unknown
-from benchmarks.procs import BenchmarkError, Server, on_cpu
-from benchmarks.rawhttp import fetch, get, metrics, open_loop, until_status
-from benchmarks.report import Section, judged
-from benchmarks.stats import Call, per_call_us, percentile
+from benchmarks.procs import BenchmarkError, Servers, on_cpu, sync_client
+from benchmarks.report import Call, Section, judged, per_call_us, percentile
 from keystore import ApiKeyStore, Settings
 from keystore.keys import hash_key, new_key, new_key_id
 from keystore.models import ApiKey
-from keystore.settings import SYNC_MODES
+from keystore.settings import SYNC_MODES as MODES
 from keystore.times import utcnow
 
-MODES: tuple[str, ...] = SYNC_MODES
 LOAD_KEYS, VALID_RATE = 50, 50.0
 REVOKED = 20
 #: Cached-key requests and unknown keys per second in the stall test.
@@ -39,29 +35,29 @@ async def run(bench: Bench) -> Section:
     s = Section("modes", ("figure", *MODES, "baseline, same run", "target"))
     # quick: a 5 s TTL and reload interval, so that revocation ends soon.
     interval, n = (5.0, 2_000) if bench.quick else (60.0, 10_000)
-    collection = bench.collection("modes")
-    env = {"KEYSTORE_COLLECTION": collection, "KEYSTORE_USAGE_FLUSH_INTERVAL": "0"}
-    env |= {
+    env = {
+        "KEYSTORE_COLLECTION": bench.collection("modes"),
+        "KEYSTORE_USAGE_FLUSH_INTERVAL": "0",
         "KEYSTORE_CACHE_TTL": str(interval),
         "KEYSTORE_RELOAD_INTERVAL": str(interval),
     }
     settings = Settings.from_env({**os.environ, **env})  # as the apps read them
     keys = [(i, new_key("ks", i)) for i in (new_key_id() for _ in range(n))]
     bench.say(f"modes: writing {n:,} keys")
-    await asyncio.to_thread(_write, collection, keys)
+    await asyncio.to_thread(_write, settings.collection, keys)
     with on_cpu(bench.cpus.server):
         bench.say("modes: in process: warm checks, memory per key")
         await _in_process(s, bench.quick, settings, [key for _, key in keys])
     async with AsyncExitStack() as stack:
-        servers: dict[str, Server] = {}
+        servers: Servers = {}
         ready: dict[str, tuple[float, float]] = {}
         for mode in MODES:
             since = time.monotonic()
-            app = bench.serve(mode, "api.main:app", **env, KEYSTORE_SYNC=mode)
+            app = bench.serve(
+                mode, "api.main:app", "/readyz", **env, KEYSTORE_SYNC=mode
+            )
             servers[mode] = server = await stack.enter_async_context(app)
-            while (await fetch(get(f"{server.url}/readyz")))[0] != 200:
-                await asyncio.sleep(0.02)
-            ready[mode] = time.monotonic() - since, sum((await _reads(server)).values())
+            ready[mode] = time.monotonic() - since, await _reads(server.url)
         s.add(
             "s from process start to ready (/readyz); Firestore reads to get there",
             *(f"{ready[m][0]:.2f}; {ready[m][1]:,.0f}" for m in MODES),
@@ -70,8 +66,7 @@ async def run(bench: Bench) -> Section:
         )
         with on_cpu(bench.cpus.load):
             bench.say(f"modes: {REVOKED} rows deleted, then reads over a TTL")
-            window = 7.0 if bench.quick else interval + 2
-            await _changes(s, interval, window, servers, keys, collection)
+            await _changes(s, bench, settings, servers, keys)
             bench.say("modes: a cached key alone, then while unknown keys arrive")
             await _stalls(s, 2.0 if bench.quick else 8.0, servers, keys[0][1])
     return s
@@ -108,29 +103,14 @@ async def _open(store: ApiKeyStore) -> ApiKeyStore:
 async def _in_process(
     s: Section, quick: bool, settings: Settings, keys: list[str]
 ) -> None:
-    stores = [
-        await _open(ApiKeyStore(settings.model_copy(update={"sync": m})))
-        for m in SYNC_MODES
-    ]
-
-    def check(store: ApiKeyStore) -> Call:
-        return lambda: store.verify(keys[0])
-
-    async def set_lookup() -> bool:
-        return keys[0] in {keys[0]}
-
-    try:
-        calls: dict[str, Call] = {
-            m: check(st) for m, st in zip(MODES, stores, strict=True)
-        }
-        for store in stores:
+    async with AsyncExitStack() as stack:
+        calls: dict[str, Call] = {}
+        for mode in MODES:
+            store = await _open(ApiKeyStore(settings.model_copy(update={"sync": mode})))
+            stack.push_async_callback(store.aclose)
             await store.verify(keys[0])
-        us = await per_call_us(
-            {**calls, "set": set_lookup}, 10_000 if quick else 50_000
-        )
-    finally:
-        for store in stores:
-            await store.aclose()
+            calls[mode] = partial(store.verify, keys[0])
+        us = await per_call_us(calls, keys[0], quick)
     s.add(
         "µs per warm check (`verify`), in process",
         *(f"{us[m]:.2f}" for m in MODES),
@@ -138,10 +118,7 @@ async def _in_process(
         judged("≤ 5", all(us[m] <= 5 for m in MODES)),
     )
     held = keys[: 100 if quick else 1000]
-    per_key = [
-        await _bytes_per_key(settings.model_copy(update={"sync": m}), held)
-        for m in SYNC_MODES
-    ]
+    per_key = [await _bytes_per_key(settings, mode, held) for mode in MODES]
     s.add(
         "bytes per key held in memory (tracemalloc)",
         *(f"{b:,.0f}" for b in per_key),
@@ -151,13 +128,13 @@ async def _in_process(
     s.data |= {"us": us, "bytes_per_key": per_key}
 
 
-async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
+async def _bytes_per_key(settings: Settings, mode: str, keys: list[str]) -> float:
     """Python memory per row held (not gRPC's buffers in C); reload, listen:
     from before open() to ready; ttl: as ``keys`` are looked up."""
     # No lookup budget: the ttl loop reads as fast as the emulator answers.
-    store = ApiKeyStore(settings.model_copy(update={"max_lookups_per_second": 0}))
-    ttl = settings.sync == "ttl"
-    if ttl:
+    update = {"sync": mode, "max_lookups_per_second": 0}
+    store = ApiKeyStore(settings.model_copy(update=update))
+    if mode == "ttl":
         await _open(store)
         for key in keys[:20]:  # the client connected, its code paths warm
             await store.verify(key)
@@ -165,7 +142,7 @@ async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
     try:
         gc.collect()
         before, held = tracemalloc.get_traced_memory()[0], len(store.source)
-        if ttl:  # one at a time, as requests come: rows, not calls in flight
+        if mode == "ttl":  # one at a time, as requests come: rows, not calls in flight
             for key in keys[20:]:
                 await store.verify(key)
         else:
@@ -179,24 +156,19 @@ async def _bytes_per_key(settings: Settings, keys: list[str]) -> float:
         await store.aclose()
 
 
-async def _reads(server: Server) -> dict[str, float]:
-    """Firestore documents read so far by one app, by cause."""
-    found = (await metrics(server.url)).items()
-    return {name[len(READS) : -2]: n for name, n in found if name.startswith(READS)}
+async def _reads(url: str) -> float:
+    """Firestore documents read so far by one app."""
+    found = (await rawhttp.metrics(url)).items()
+    return sum(n for name, n in found if name.startswith(READS))
 
 
-def _p99_max(seconds: list[float]) -> str:
-    ordered = sorted(seconds)
+def _p99_max(answers: Iterable[rawhttp.Answer]) -> str:
+    ordered = sorted(a.seconds for a in answers)
     return f"{percentile(ordered, 99) * 1e3:.1f} / {percentile(ordered, 100) * 1e3:.1f}"
 
 
 async def _changes(
-    s: Section,
-    interval: float,
-    window: float,
-    servers: dict[str, Server],
-    keys: Keys,
-    collection: str,
+    s: Section, bench: Bench, settings: Settings, servers: Servers, keys: Keys
 ) -> None:
     """Seconds from a delete of REVOKED rows to each one's refusal in each app;
     then, once listen has seen it, reads per hour of valid keys in each."""
@@ -206,38 +178,37 @@ async def _changes(
     # Each key used just before the delete: the worst case for ttl.
     for url in whoami.values():
         for key in [*load, *(key for _, key in revoked)]:
-            if (await fetch(get(url, {HEADER: key})))[0] != 200:
+            if (await rawhttp.fetch(rawhttp.get(url, key)))[0] != 200:
                 raise BenchmarkError(f"{url} refused a valid key")
     # A valid key asked for throughout, in listen: how long the app keeps
     # requests waiting while it applies the change; the 2 s before, alone.
-    bystander = asyncio.ensure_future(
-        open_loop(in_turn(whoami["listen"], load[:1]), CACHED_RATE, 6)
-    )
+    asked = rawhttp.in_turn(whoami["listen"], load[:1])
+    bystander = asyncio.ensure_future(rawhttp.open_loop(asked, CACHED_RATE, 6))
     await asyncio.sleep(2)
     with sync_client() as client:
         batch = client.batch()  # one commit: every app sees one change
         for key_id, _ in revoked:
-            batch.delete(client.collection(collection).document(key_id))
+            batch.delete(client.collection(settings.collection).document(key_id))
         # Before the commit is sent: the worst reading.
         written, written_at = time.monotonic(), time.time()
         await asyncio.to_thread(batch.commit)
+    interval = settings.cache_ttl  # the reload interval too
 
     def refused(mode: str, key: str) -> asyncio.Future[float | None]:
         pause, deadline = (0.05 if mode == "listen" else 0.2), written + interval + 20
-        asked = get(whoami[mode], {HEADER: key})
-        return asyncio.ensure_future(until_status(asked, 401, written, pause, deadline))
+        asked = rawhttp.get(whoami[mode], key)
+        polled = rawhttp.until_status(asked, 401, written, pause, deadline)
+        return asyncio.ensure_future(polled)
 
     polls = {mode: [refused(mode, key) for _, key in revoked] for mode in MODES}
     await asyncio.gather(*polls["listen"])
     await asyncio.sleep(0.5)  # reads still in flight
-    before = {mode: await _reads(servers[mode]) for mode in MODES}
-    started = time.monotonic()
-
-    await asyncio.gather(
-        *(open_loop(in_turn(u, load), VALID_RATE, window) for u in whoami.values())
-    )
+    before = {mode: await _reads(servers[mode].url) for mode in MODES}
+    started, window = time.monotonic(), 7.0 if bench.quick else interval + 2
+    streams = (rawhttp.in_turn(url, load) for url in whoami.values())
+    await asyncio.gather(*(rawhttp.open_loop(st, VALID_RATE, window) for st in streams))
     window = time.monotonic() - started
-    after = {mode: await _reads(servers[mode]) for mode in MODES}
+    reads = {mode: await _reads(servers[mode].url) - before[mode] for mode in MODES}
     times = {
         m: sorted(t or float("inf") for t in await asyncio.gather(*polls[m]))
         for m in MODES
@@ -252,19 +223,14 @@ async def _changes(
         judged("listen ≤ 2; ttl, reload ≤ interval", ok),
     )
     answers = (await bystander).answers
-    alone, during = (
-        [a.seconds for a in answers if (a.sent < written_at) == b]
-        for b in (True, False)
-    )
     s.add(
         "listen: a valid key's p99 / max ms while the change is read",
         "",
         "",
-        _p99_max(during),
-        f"{_p99_max(alone)} the 2 s before",
+        _p99_max(a for a in answers if a.sent >= written_at),
+        f"{_p99_max(a for a in answers if a.sent < written_at)} the 2 s before",
         "(info)",
     )
-    reads = {m: sum(after[m].values()) - sum(before[m].values()) for m in MODES}
     # In ttl each revoked key is read once more, when its row's TTL runs out:
     # the cost of refusing it, not of the valid keys counted here.
     reads["ttl"] -= sum(1 for t in times["ttl"] if written + t > started)
@@ -278,23 +244,20 @@ async def _changes(
     s.data |= {"revocation_s": times, "reads_in_window": reads, "window_s": window}
 
 
-async def _stalls(
-    s: Section, seconds: float, servers: dict[str, Server], key: str
-) -> None:
+async def _stalls(s: Section, seconds: float, servers: Servers, key: str) -> None:
     """A cached key at CACHED_RATE alone, then while unknown keys arrive."""
     alone, busy = [], []
     for server in servers.values():
         url = server.url + "/v1/whoami"
-        alone.append(await open_loop(in_turn(url, [key]), CACHED_RATE, seconds))
-        misses = asyncio.ensure_future(
-            open_loop(unknown(url), UNKNOWN_RATE, seconds + 1)
+        asked = rawhttp.in_turn(url, [key])
+        alone.append(await rawhttp.open_loop(asked, CACHED_RATE, seconds))
+        measured = rawhttp.open_loop(asked, CACHED_RATE, seconds)
+        stream, _ = await rawhttp.beside_unknown(
+            url, UNKNOWN_RATE, seconds + 1, measured
         )
-        await asyncio.sleep(0.5)
-        busy.append(await open_loop(in_turn(url, [key]), CACHED_RATE, seconds))
-        await misses
-    for label, streams in (
-        (f"cached-key p99 / max ms at {CACHED_RATE:g} req/s, alone", alone),
-        (f"same, while {UNKNOWN_RATE:g} unknown keys/s arrive", busy),
+        busy.append(stream)
+    for label, streams, baseline in (
+        (f"cached-key p99 / max ms at {CACHED_RATE:g} req/s, alone", alone, "-"),
+        (f"same, while {UNKNOWN_RATE:g} unknown keys/s arrive", busy, "the row above"),
     ):
-        cells = [_p99_max([a.seconds for a in stream.answers]) for stream in streams]
-        s.add(label, *cells, "the row above" if streams is busy else "-", "(info)")
+        s.add(label, *(_p99_max(st.answers) for st in streams), baseline, "(info)")

@@ -1,23 +1,22 @@
-"""Child processes (uvicorn servers, wrk), CPU pinning and CPU meters.
+"""Child processes (uvicorn servers, wrk, the Firestore emulator) and CPU pinning.
 
 Every child gets its own session (process group), so a Ctrl-C in the terminal
 reaches only the harness, which then ends each child's group itself.
 """
 
-import asyncio
+import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from benchmarks.rawhttp import fetch, get
+from google.cloud import firestore
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -64,58 +63,38 @@ def on_cpu(cpu: int | None) -> Iterator[None]:
         pin_tree(os.getpid(), everywhere)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by ``pid``, all its threads, user and system."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    pid: int
 
 
-def _ticks(cpu: int) -> tuple[int, int]:
-    """(busy, all) ticks of ``cpu`` since boot."""
-    with open("/proc/stat") as f:
-        line = next((li for li in f if li.startswith(f"cpu{cpu} ")), "x 0 0 0 0")
-    numbers = [int(v) for v in line.split()[1:]]
-    return sum(numbers) - numbers[3] - numbers[4], sum(numbers)
-
-
-class CpuMeter:
-    """Others' use of the server's CPU from start to stop (busy beyond the
-    server's own use), in %: what says how far to trust a run on this machine."""
-
-    def __init__(self, pid: int, cpu: int | None) -> None:
-        self._pid, self._cpu = pid, cpu
-        self._start = time.monotonic(), cpu_seconds(pid), _ticks(cpu or 0)
-
-    def stop(self) -> float:
-        elapsed = time.monotonic() - self._start[0]
-        server = 100 * (cpu_seconds(self._pid) - self._start[1]) / elapsed
-        (busy, total), before = _ticks(self._cpu or 0), self._start[2]
-        others = 100 * (busy - before[0]) / max(1, total - before[1]) - server
-        return max(0.0, others) if self._cpu is not None else 0.0
+Servers = dict[str, Server]  # by app or mode
 
 
 class Children:
-    """Every process the harness starts, so that all are ended on any exit."""
+    """Every process the harness starts, so that all are ended on any exit.
 
-    def __init__(self) -> None:
-        self._procs: list[Proc] = []
+    Each runs in the work folder with the checkout on its path: the demo app
+    reads a .env file where it runs, and a developer's must not count.
+    """
+
+    def __init__(self, work: Path) -> None:
+        self._work, self._procs = work, list[Proc]()
 
     def spawn(
         self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
+        argv: list[str],
+        env: dict[str, str],
         cpu: int | None,
         out: int | IO[bytes],
-        cwd: Path = ROOT,
     ) -> Proc:
+        env = {**env, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
             argv,
             env=env,
-            cwd=cwd,
+            cwd=self._work,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -127,14 +106,14 @@ class Children:
 
     def stop(self, proc: Proc, grace: float = 10.0) -> None:
         if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait(grace)
         # A child's own children may outlive it in its group; end them too.
-        _signal_group(proc.pid, signal.SIGKILL)
+        _signal_group(proc, signal.SIGKILL)
         if proc in self._procs:
             self._procs.remove(proc)
 
@@ -143,49 +122,67 @@ class Children:
             self.stop(proc)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def _signal_group(proc: Proc, sig: signal.Signals) -> None:
     with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        os.killpg(proc.pid, sig)
 
 
-@dataclass(frozen=True)
-class Server:
-    name: str
-    url: str
-    pid: int
+def sync_client() -> closing[firestore.Client]:
+    """A plain Firestore client (the sketch's kind), for bulk writes."""
+    return closing(firestore.Client(project=PROJECT))
 
 
-@asynccontextmanager
-async def serve(
-    children: Children,
-    name: str,
-    app: str,
-    env: Mapping[str, str],
-    cpu: int | None,
-    work: Path,
-) -> AsyncIterator[Server]:
-    """``app`` under uvicorn, one worker, until the block ends; ``module:app``
-    names an app (api.main), any other name a factory (the floor)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--host", HOST]
-    argv += ["--log-level", "warning", "--no-access-log"]
-    argv += ["--factory"] if app.rpartition(":")[2] != "app" else []
-    # From the work folder, the checkout on the path: the demo app reads a .env
-    # file where it runs, and a developer's must not count.
-    env = {**env, "PYTHONPATH": str(ROOT)}
-    log = work / f"{name}.log"
-    with log.open("wb") as out:
-        proc = children.spawn(argv, env, cpu, out, cwd=work)
-    url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while (await fetch(get(f"{url}/healthz")))[0] != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                lines = log.read_text(errors="replace").splitlines()[-20:]
-                raise BenchmarkError(f"{name} did not start:\n" + "\n".join(lines))
-            await asyncio.sleep(0.05)
-        yield Server(name, url, proc.pid)
-    finally:
-        children.stop(proc)
+class Emulator:
+    """A Firestore emulator of our own, started and stopped by the project's
+    emulator.sh, pinned to ``cpu``."""
+
+    def __init__(self, state_dir: Path, cpu: int | None) -> None:
+        self.state_dir, self.cpu, self.port = state_dir, cpu, 0
+
+    def _run(self, command: str, imported: Path | None = None) -> None:
+        env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir)}
+        env["KEYSTORE_EMULATOR_IMPORT"] = str(imported or "")
+        if self.port:  # a restart comes back where the servers look for it
+            env["KEYSTORE_EMULATOR_PORT"] = str(self.port)
+        # taskset, not this process's affinity: the script and its JVM inherit
+        # it, and a restart in the soak must not pin the loader beside the JVM.
+        argv = [str(ROOT / "emulator.sh"), command]
+        if self.cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(self.cpu), *argv]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchmarkError(f"emulator.sh {command} failed:\n{done.stderr}")
+
+    def start(self, imported: Path | None = None) -> None:
+        """Start (from an export, if given) and point our clients at it."""
+        self._run("start", imported)
+        self.port = int((self.state_dir / "port").read_text())
+        os.environ["FIRESTORE_EMULATOR_HOST"] = f"{HOST}:{self.port}"
+        os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+        # A first write: a fresh emulator's takes seconds, longer than the
+        # deadline keystore gives a call.
+        with sync_client() as client:
+            client.collection("warm_up").document("first").set({"at": time.time()})
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def _admin(self, method: str, path: str, body: str = "") -> None:
+        url = f"http://{HOST}:{self.port}/emulator/v1/projects/{PROJECT}{path}"
+        argv = ["curl", "-sSf", "-X", method, "-H", "content-type: application/json"]
+        done = subprocess.run([*argv, "-d", body, url], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchmarkError(f"emulator {method} {path}: {done.stderr[:300]}")
+
+    def clear(self) -> None:
+        """Delete every document."""
+        self._admin("DELETE", "/databases/(default)/documents")
+
+    def export(self) -> Path:
+        """Everything to a new folder; its metadata file, for :meth:`start`."""
+        target = self.state_dir / f"export-{time.time_ns()}"
+        target.mkdir()
+        database = f"projects/{PROJECT}/databases/(default)"
+        body = {"database": database, "export_directory": str(target)}
+        self._admin("POST", ":export", json.dumps(body))
+        return next(target.rglob("*.overall_export_metadata"))

@@ -1,17 +1,23 @@
-"""HTTP/1.1 on raw asyncio streams: fixed-rate streams, polls, one-off requests,
-and wrk's fallback. Not httpx: it costs about 1.5 ms of CPU a request, which on
-the loaders' CPU would slow wrk down and show up as server latency."""
+"""HTTP/1.1 on raw asyncio streams: fixed-rate streams (open loops) and what they
+ask, polls, one-off requests, and wrk's fallback. Not httpx: it costs about
+1.5 ms of CPU a request, which on the loaders' CPU would slow wrk down and show
+up as server latency."""
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from benchmarks.stats import percentile
+from benchmarks.report import percentile
+from keystore.keys import new_key
 
 ERRORS = (OSError, ValueError, IndexError, asyncio.IncompleteReadError)
+HEADER = "x-api-key"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,11 +29,12 @@ class Request:
     tag: str = ""
 
 
-def get(url: str, headers: Mapping[str, str] | None = None, tag: str = "") -> Request:
+def get(url: str, key: str | None = None, tag: str = "") -> Request:
+    """GET ``url``, with ``key`` in the API-key header if given."""
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    lines += [f"{HEADER}: {key}"] if key else []
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
     return Request((parts.hostname or "127.0.0.1", parts.port or 80), raw, tag)
 
@@ -77,20 +84,14 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], 
     while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    return (
-        status,
-        headers,
-        await reader.readexactly(int(headers.get("content-length", 0))),
-    )
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return status, headers, body
 
 
 async def fetch(req: Request) -> tuple[int, str]:
     """One request from the harness (readiness, /metrics): (status, text)."""
-    conn = Connection()
-    try:
+    with closing(Connection()) as conn:
         answer = await asyncio.wait_for(conn.send(req), 60)
-    finally:
-        conn.close()
     return answer.status, answer.body.decode(errors="replace")
 
 
@@ -150,6 +151,26 @@ async def open_loop(
     return stream
 
 
+def in_turn(url: str, keys: Sequence[str]) -> Callable[[int], Request]:
+    """An open loop's requests: GET ``url`` with each of ``keys`` in turn."""
+    return lambda i: get(url, keys[i % len(keys)])
+
+
+async def beside_unknown(
+    url: str, rate: float, seconds: float, measured: Awaitable[T]
+) -> tuple[T, Stream]:
+    """``measured``, begun 0.5 s into ``seconds`` of GET ``url`` at ``rate``, each
+    with a new well-formed key that no cache can answer (in ttl mode, a Firestore
+    read each), so that the stream runs before and after it; and the stream."""
+
+    def make(i: int) -> Request:
+        return get(url, new_key("ks"))
+
+    misses = asyncio.ensure_future(open_loop(make, rate, seconds))
+    await asyncio.sleep(0.5)
+    return await measured, await misses
+
+
 async def closed_loop(
     req: Request, seconds: float, conns: int, pause_ms: float
 ) -> dict[str, float]:
@@ -159,24 +180,22 @@ async def closed_loop(
     start = time.perf_counter()
 
     async def worker() -> int:
-        conn, errors = Connection(), 0
-        while time.perf_counter() < start + seconds:
-            await asyncio.sleep(pause_ms / 1e3)
-            answer = await conn.send(req)
-            latencies.append(answer.seconds * 1e6)
-            errors += not 200 <= answer.status < 400
-        conn.close()
+        errors = 0
+        with closing(Connection()) as conn:
+            while time.perf_counter() < start + seconds:
+                await asyncio.sleep(pause_ms / 1e3)
+                answer = await conn.send(req)
+                latencies.append(answer.seconds * 1e6)
+                errors += not 200 <= answer.status < 400
         return errors
 
     # Bounded, even if the server stops answering mid-request.
     workers = asyncio.gather(*(worker() for _ in range(conns)))
     errors = sum(await asyncio.wait_for(workers, seconds + 10))
-    ordered = sorted(latencies)
     return {
-        "requests": len(ordered),
+        "requests": len(latencies),
         "duration_us": (time.perf_counter() - start) * 1e6,
-        "p50_us": percentile(ordered, 50),
-        "p99_us": percentile(ordered, 99),
+        "p99_us": percentile(sorted(latencies), 99),
         "errors": errors,
     }
 
@@ -186,11 +205,9 @@ async def until_status(
 ) -> float | None:
     """Seconds from ``since`` (time.monotonic) to the first answer ``want``,
     asking every ``pause`` s; None if ``deadline`` passes first."""
-    conn = Connection()
-    while time.monotonic() < deadline:
-        if (await conn.send(req)).status == want:
-            conn.close()
-            return time.monotonic() - since
-        await asyncio.sleep(pause)
-    conn.close()
+    with closing(Connection()) as conn:
+        while time.monotonic() < deadline:
+            if (await conn.send(req)).status == want:
+                return time.monotonic() - since
+            await asyncio.sleep(pause)
     return None

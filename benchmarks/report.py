@@ -1,10 +1,13 @@
-"""One Markdown table per suite: each figure beside its same-run baseline and its
-target, the verdict in the target's cell; and the JSON of a whole run."""
+"""Figures and their tables: the one percentile, calls timed in process, and one
+Markdown table per suite, each figure beside its same-run baseline and its
+target, the verdict in the target's cell."""
 
-import json
-from dataclasses import asdict, dataclass, field, is_dataclass
-from pathlib import Path
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+Call = Callable[[], Awaitable[object]]
 
 
 @dataclass
@@ -39,12 +42,33 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def write_json(path: Path, machine: str, sections: list[Section]) -> None:
-    def plain(value: Any) -> Any:
-        return asdict(value) if is_dataclass(value) else str(value)  # type: ignore[arg-type]
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """The ``pct``-th percentile (0-100) of sorted ``ordered``; 0 if empty."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
-    suites = {
-        s.name: {"rows": s.rows, "notes": s.notes, "data": s.data} for s in sections
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine, "suites": suites}, default=plain))
+
+async def per_call_us(
+    calls: Mapping[str, Call], key: str, quick: bool
+) -> dict[str, float]:
+    """µs per awaited call, best of 7 loops of 50,000 (10,000 if ``quick``), and
+    under "set" the baseline: ``key`` looked up in a Python set.
+
+    The rounds take the calls in turn, so that a slow phase of the machine
+    (they last seconds here) costs every call alike rather than one of them.
+    """
+
+    async def set_lookup() -> bool:
+        return key in {key}
+
+    timed, n = {**calls, "set": set_lookup}, 10_000 if quick else 50_000
+    best = dict.fromkeys(timed, float("inf"))
+    for round_ in range(8):
+        for name, call in timed.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                await call()
+            if round_:  # the first round warms up
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds / n * 1e6 for name, seconds in best.items()}

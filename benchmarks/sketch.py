@@ -8,7 +8,6 @@ documents whose id is the key's SHA-256 hex.
 
 import hashlib
 import threading
-from contextlib import AbstractContextManager
 from typing import Any
 
 from cachetools import TTLCache, cached
@@ -18,27 +17,24 @@ Row = dict[str, Any]
 
 
 class Sketch:
-    """One cached lookup and the count of Firestore gets behind it."""
+    """One cached lookup and the count of Firestore gets behind it; ``threaded``
+    when it is asked from threads (a ``def`` dependency in FastAPI's pool)."""
 
     def __init__(
-        self,
-        client: firestore.Client,
-        collection: str,
-        *,
-        lock: AbstractContextManager[Any] | None = None,
+        self, client: firestore.Client, collection: str, *, threaded: bool = False
     ) -> None:
         self._collection = client.collection(collection)
         self._count_lock = threading.Lock()
         self.reads = 0
-        self.cache: TTLCache[Any, Row | None] = TTLCache(maxsize=10_000, ttl=60)
+        cache: TTLCache[Any, Row | None] = TTLCache(maxsize=10_000, ttl=60)
         # cachetools asks for a lock under threads; it is let go while Firestore
         # is asked, so it does not serialize the gets (nor merge them).
-        self.lookup = cached(self.cache, lock=lock)(self._get)
+        lock = threading.Lock() if threaded else None
+        self.lookup = cached(cache, lock=lock)(self._get)
 
     def _get(self, key: str) -> Row | None:
         with self._count_lock:
             self.reads += 1
-        snapshot = self._collection.document(
-            hashlib.sha256(key.encode()).hexdigest()
-        ).get()
+        doc_id = hashlib.sha256(key.encode()).hexdigest()
+        snapshot = self._collection.document(doc_id).get()
         return (snapshot.to_dict() or {}) if snapshot.exists else None

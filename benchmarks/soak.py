@@ -12,14 +12,12 @@ import asyncio
 import random
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
 
 from benchmarks.harness import Bench
-from benchmarks.load import HEADER
-from benchmarks.procs import PROJECT, Server
-from benchmarks.rawhttp import Answer, Request, get, open_loop
-from benchmarks.report import Section, judged
-from benchmarks.stats import percentile
+from benchmarks.procs import Server
+from benchmarks.rawhttp import Answer, Request, Stream, get, open_loop
+from benchmarks.report import Section, judged, percentile
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
 
@@ -32,10 +30,32 @@ RECOVERY = 15.0
 MEMORY_GROWTH_MB = 50
 
 
+@dataclass
+class Soaked:
+    """What the soak saw: the answers; when Firestore went down and was back
+    (time.time); the app's memory every 2 s; once it stopped, its log, and by
+    key id the usage counts in Firestore and the 200s it served."""
+
+    seconds: float
+    outage: float
+    stream: Stream = field(default_factory=Stream)
+    down: float = 0.0
+    up: float = 0.0
+    memory_mb: list[float] = field(default_factory=list)
+    log: str = ""
+    counted: dict[str, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)
+
+    def phase(self, answer: Answer) -> str:
+        if answer.sent < self.down:
+            return "before"
+        return "outage" if answer.sent < self.up else "after"
+
+
 async def run(bench: Bench) -> Section:
-    seconds, outage = (20.0, 6.0) if bench.quick else (75.0, 15.0)
+    soaked = Soaked(20.0, 6.0) if bench.quick else Soaked(75.0, 15.0)
     bench.emulator.clear()  # the export then holds this suite's rows only
-    settings = Settings(project=PROJECT, collection=bench.collection("soak"))
+    settings = Settings(collection=bench.collection("soak"))
     async with ApiKeyStore(settings) as store:
         valid = {
             (new := await store.create(name="v")).record.id: new.key for _ in range(50)
@@ -55,77 +75,65 @@ async def run(bench: Bench) -> Section:
     # while the JVM starts again and count that as the app's latency.
     async with bench.serve("soak", "api.main:app", **env) as server:
         keys = {"valid": list(valid.values()), "revoked": [n.key for n in revoked]}
-        soaked = await _soak(bench, seconds, outage, server, keys)
+        await _soak(bench, server, keys, soaked)
     # The app has stopped (SIGTERM) and written its usage counts.
     async with ApiKeyStore(settings) as store:
         rows = [await store.get(key_id) for key_id in valid]
-    counted = {row.id: getattr(row, "usage_count", -1) for row in rows}
-    served = Counter(a.tag for a in soaked["answers"] if a.status == 200)
-    soaked["usage"] = (
-        counted,
-        {key_id: served[f"valid {k}"] for key_id, k in valid.items()},
-    )
-    soaked["log"] = (bench.work / "soak.log").read_text(errors="replace")
-    return _section(seconds, soaked)
+    soaked.counted = {row.id: getattr(row, "usage_count", -1) for row in rows}
+    served = Counter(a.tag for a in soaked.stream.answers if a.status == 200)
+    soaked.served = {key_id: served[f"valid {k}"] for key_id, k in valid.items()}
+    soaked.log = (bench.work / "soak.log").read_text(errors="replace")
+    return _section(soaked)
 
 
 async def _soak(
-    bench: Bench,
-    seconds: float,
-    outage: float,
-    server: Server,
-    keys: dict[str, list[str]],
-) -> dict[str, Any]:
+    bench: Bench, server: Server, keys: dict[str, list[str]], soaked: Soaked
+) -> None:
     rng = random.Random(7)
 
     def make(i: int) -> Request:
         roll = rng.random()
         kind = "valid" if roll < 0.7 else "revoked" if roll < 0.85 else "random"
         key = rng.choice(keys[kind]) if kind != "random" else new_key("ks")
-        return get(server.url + "/v1/whoami", {HEADER: key}, tag=f"{kind} {key}")
-
-    soaked: dict[str, Any] = {"memory_mb": []}
+        return get(server.url + "/v1/whoami", key, tag=f"{kind} {key}")
 
     async def faults() -> None:
-        await asyncio.sleep(seconds / 3)
+        await asyncio.sleep(soaked.seconds / 3)
         export = await asyncio.to_thread(bench.emulator.export)
-        soaked["down"] = time.time()
+        soaked.down = time.time()
         await asyncio.to_thread(bench.emulator.stop)
         bench.say("soak: emulator stopped")
-        await asyncio.sleep(outage)
+        await asyncio.sleep(soaked.outage)
         await asyncio.to_thread(bench.emulator.start, export)
-        soaked["up"] = time.time()
+        soaked.up = time.time()
         bench.say("soak: emulator back")
 
     async def sample() -> None:
-        for _ in range(int(seconds / 2)):
+        for _ in range(int(soaked.seconds / 2)):
             with open(f"/proc/{server.pid}/status") as f:
                 rss = next(line for line in f if line.startswith("VmRSS:"))
-            soaked["memory_mb"].append(int(rss.split()[1]) / 1024)
+            soaked.memory_mb.append(int(rss.split()[1]) / 1024)
             await asyncio.sleep(2)
 
-    bench.say(f"soak: {seconds:g}s at {RATE:g} req/s, Firestore down for {outage:g}s")
+    bench.say(
+        f"soak: {soaked.seconds:g}s at {RATE:g} req/s, "
+        f"Firestore down for {soaked.outage:g}s"
+    )
     # Connections enough that the requests an outage holds (unknown keys, up to
     # TIMEOUT each) leave room for the rest; with 32, valid keys queued here,
     # not in the app, for about a second behind them.
-    load = open_loop(make, rate=RATE, seconds=seconds, cap=256)
-    stream, *_ = await asyncio.gather(load, faults(), sample())
+    load = open_loop(make, rate=RATE, seconds=soaked.seconds, cap=256)
+    soaked.stream, *_ = await asyncio.gather(load, faults(), sample())
     # The app stops (and writes its counts) once Firestore has been back a while.
-    await asyncio.sleep(max(0.0, soaked["up"] + 5 - time.time()))
-    return {**soaked, "answers": stream.answers, "lost": stream.lost}
+    await asyncio.sleep(max(0.0, soaked.up + 5 - time.time()))
 
 
-def _phase(answer: Answer, soaked: dict[str, Any]) -> str:
-    if answer.sent < soaked["down"]:
-        return "before"
-    return "outage" if answer.sent < soaked["up"] else "after"
-
-
-def _problems(soaked: dict[str, Any]) -> list[str]:
+def _problems(soaked: Soaked, growth_mb: float) -> list[str]:
+    """What failed: one line per answer or check that did."""
     problems = []
-    for a in soaked["answers"]:
-        kind, phase = a.tag.split()[0], _phase(a, soaked)
-        late = phase == "before" or a.sent > soaked["up"] + RECOVERY
+    for a in soaked.stream.answers:
+        kind, phase = a.tag.split()[0], soaked.phase(a)
+        late = phase == "before" or a.sent > soaked.up + RECOVERY
         if a.status not in (200, 401, 503):
             problems.append(f"{kind} key: status {a.status or 'none'} ({phase})")
         elif a.status == 503 and ("retry-after" not in a.headers or late):
@@ -136,20 +144,25 @@ def _problems(soaked: dict[str, Any]) -> list[str]:
             problems.append(f"a valid key got {a.status} ({phase})")
         if a.seconds > TIMEOUT + 1:
             problems.append(f"a {kind} key took {a.seconds:.1f} s ({phase})")
-    if soaked["lost"]:
-        problems.append(f"{soaked['lost']} requests unanswered or never sent")
-    if "Traceback" in soaked["log"]:
+    if soaked.stream.lost:
+        problems.append(f"{soaked.stream.lost} requests unanswered or never sent")
+    if "Traceback" in soaked.log:
         problems.append("the app logged a traceback")
+    if soaked.counted != soaked.served:
+        problems.append("usage counts in Firestore differ from the 200s served")
+    if growth_mb > MEMORY_GROWTH_MB:
+        problems.append(f"memory grew by {growth_mb:.0f} MB")
     return problems
 
 
-def _section(seconds: float, soaked: dict[str, Any]) -> Section:
+def _section(soaked: Soaked) -> Section:
     s = Section("soak", ("figure", "soak", "baseline, same run", "check"))
-    answers: list[Answer] = soaked["answers"]
+    answers, memory = soaked.stream.answers, soaked.memory_mb
+    growth = max(memory) - memory[len(memory) // 4]
+    problems = _problems(soaked, growth)
     by: dict[tuple[str, str], list[Answer]] = {}
     for a in answers:
-        by.setdefault((_phase(a, soaked), a.tag.split()[0]), []).append(a)
-    problems = _problems(soaked)
+        by.setdefault((soaked.phase(a), a.tag.split()[0]), []).append(a)
 
     def share(phase: str, kind: str, status: int) -> str:
         group = by.get((phase, kind), [])
@@ -174,27 +187,20 @@ def _section(seconds: float, soaked: dict[str, Any]) -> Section:
         f"before: {latency('before')}",
         judged(f"every request ≤ {TIMEOUT + 1:g} s", ok(" took ")),
     )
-    last = max((a.sent for a in answers if a.status == 503), default=soaked["up"])
+    last = max((a.sent for a in answers if a.status == 503), default=soaked.up)
     s.add(
         "random keys answered 503 (with Retry-After): during; after",
         f"{share('outage', 'random', 503)}; {share('after', 'random', 503)}, the "
-        f"last {max(0.0, last - soaked['up']):.1f} s after Firestore was back",
+        f"last {max(0.0, last - soaked.up):.1f} s after Firestore was back",
         f"before: {share('before', 'random', 503)}",
         judged(f"only in the outage and ≤ {RECOVERY:g} s after", ok("a 503")),
     )
-    counted, expected = soaked["usage"]
-    if counted != expected:
-        problems.append("usage counts in Firestore differ from the 200s served")
     s.add(
         "usage counts in Firestore",
-        f"{sum(counted.values()):,}",
-        f"{sum(expected.values()):,} 200s served to valid keys",
-        judged("equal, key by key", counted == expected),
+        f"{sum(soaked.counted.values()):,}",
+        f"{sum(soaked.served.values()):,} 200s served to valid keys",
+        judged("equal, key by key", soaked.counted == soaked.served),
     )
-    memory = soaked["memory_mb"]
-    growth = max(memory) - memory[len(memory) // 4]
-    if growth > MEMORY_GROWTH_MB:
-        problems.append(f"memory grew by {growth:.0f} MB")
     s.add(
         "app memory MB: first → last sample (growth after the first quarter)",
         f"{memory[0]:.0f} → {memory[-1]:.0f} ({growth:+.1f})",
@@ -203,15 +209,15 @@ def _section(seconds: float, soaked: dict[str, Any]) -> Section:
     )
     start = answers[0].sent
     s.notes.append(
-        f"{seconds:g} s at {RATE:g} req/s (70% valid, 15% revoked, 15% random keys); "
-        f"Firestore down from {soaked['down'] - start:.1f} s "
-        f"to {soaked['up'] - start:.1f} s."
+        f"{soaked.seconds:g} s at {RATE:g} req/s (70% valid, 15% revoked, 15% "
+        f"random keys); Firestore down from {soaked.down - start:.1f} s "
+        f"to {soaked.up - start:.1f} s."
     )
     s.data = {"problems": problems[:50], "memory_mb": memory}
     # Other statuses, requests unanswered, tracebacks: no row, a failure.
     s.failures = sorted(set(problems))[:10]
     if s.failures:
         s.notes += [f"FAILED: {failure}." for failure in s.failures]
-        log = soaked["log"].splitlines()[-15:]
+        log = soaked.log.splitlines()[-15:]
         s.notes.append("The app's log, last lines:\n\n    " + "\n    ".join(log))
     return s
