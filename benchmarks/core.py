@@ -58,22 +58,23 @@ async def run(bench: Bench) -> Section:
 async def _throughput(s: Section, bench: Bench, servers: Servers, key: str) -> None:
     keyed = {"/healthz": None, WHOAMI: key}
     targets = [(servers[app], path, keyed[path]) for path in keyed for app in APPS]
-    ks_h, fl_h, ks_w, fl_w = await bench.best(targets)
+    found = await bench.rounds(targets)  # keystore, floor; /healthz, whoami
+    ks_h, fl_h, ks_w, fl_w = (found.median(i) for i in range(4))
     bench.say(
         f"core: healthz {ks_h:,.0f} floor {fl_h:,.0f}; whoami {ks_w:,.0f} {fl_w:,.0f}"
     )
-    for figure, ks_rps, fl_rps, route, least in (
-        ("GET /healthz (open route), wrk, 32 connections", ks_h, fl_h, "open", 0.95),
-        ("GET /v1/whoami (cached key)", ks_w, fl_w, "guarded", 0.90),
+    for figure, i, route, least in (
+        ("GET /healthz (open route), wrk, 32 connections", 0, "open", 0.95),
+        ("GET /v1/whoami (cached key)", 2, "guarded", 0.90),
     ):
-        kept = ratio(ks_rps, fl_rps)
+        kept = found.ratio(i, i + 1)
         s.add(
-            f"req/s, {figure}",
-            f"{ks_rps:,.0f}",
-            f"{fl_rps:,.0f} floor's {route} route",
+            f"req/s, {figure}: median of {len(found.rps)} rounds",
+            f"{found.median(i):,.0f}",
+            f"{found.median(i + 1):,.0f} floor's {route} route",
             judged(f"≥ {least:.2f}x", kept >= least, f"{kept:.3f}x"),
         )
-    ks, fl = ratio(ks_w, ks_h), ratio(fl_w, fl_h)
+    ks, fl = found.ratio(2, 0), found.ratio(3, 1)
     note = f"{ratio(ks, fl):.2f}x the floor's"
     if fl < 0.95:
         note += "; the target is above the floor: FastAPI's own key check costs more"
@@ -127,6 +128,13 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
                 await store.verify(k)
         malformed_reads = store.reads["check"] - reads
         cpu = await _cpu_ms(store.does_api_key_exist, seconds)
+
+        async def nothing(k: str) -> object:
+            return None
+
+        # What the paced load costs by itself (timers, new keys, tasks): on
+        # this VM each wake-up of an idle process costs a few hundred µs.
+        floor = await _cpu_ms(nothing, seconds)
     # A fresh store: its cache is empty, so the herd's key is not held.
     async with ApiKeyStore(settings) as store:
         herd = sum(
@@ -148,11 +156,13 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
         f"{us['set']:.2f} set lookup",
         judged("≤ 5", us["verify"] <= 5),
     )
+    net, sketch_net = cpu - floor, sketch_cpu - floor
     s.add(
-        f"CPU ms per unknown-key lookup at {MISS_RATE:g}/s, in process",
-        f"{cpu:.2f}",
-        f"{sketch_cpu:.2f} sketch",
-        judged("≤ 0.5", cpu <= 0.5),
+        f"CPU ms per unknown-key lookup at {MISS_RATE:g}/s, in process, beyond "
+        "the paced load's own (measured total − load alone)",
+        f"{net:.2f} ({cpu:.2f} − {floor:.2f})",
+        f"{sketch_net:.2f} sketch ({sketch_cpu:.2f} − {floor:.2f})",
+        judged("≤ 0.5", net <= 0.5),
     )
     ok = herd_reads == 1 and herd == HERD and malformed_reads == 0
     s.add(
@@ -163,6 +173,7 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
         judged("= 1; = 0", ok),
     )
     s.data |= {"us": us, "unknown_cpu_ms": cpu, "sketch_unknown_cpu_ms": sketch_cpu}
+    s.data["load_alone_cpu_ms"] = floor
 
 
 def _p99(idle: Run, busy: Run) -> str:

@@ -9,10 +9,11 @@ accepted keys, comma-separated.
 """
 
 import os
+import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, HTTPException, Security
+from fastapi import APIRouter, FastAPI, HTTPException, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
@@ -43,6 +44,21 @@ def create_app() -> FastAPI:
             )
         return key
 
+    left = [10**12]
+
+    async def limited_key(
+        response: Response, key: Annotated[str, Security(current_key)]
+    ) -> str:
+        left[0] -= 1
+        reset = 86_400 - int(time.time()) % 86_400
+        response.headers.raw.extend(
+            [
+                (b"ratelimit-policy", b'"key";q=1000000000;w=86400'),
+                (b"ratelimit", b'"key";r=%d;t=%d' % (left[0], reset)),
+            ]
+        )
+        return key
+
     router = APIRouter()
 
     @router.get("/healthz")
@@ -52,6 +68,16 @@ def create_app() -> FastAPI:
     @router.get("/v1/whoami")
     async def whoami(key: Annotated[str, Security(current_key)]) -> WhoAmI:
         return WhoAmI(id=key[3:15], name="floor", scopes=["reports:read"])
+
+    @router.get("/v1/whoami/limited")
+    async def whoami_limited(key: Annotated[str, Security(limited_key)]) -> WhoAmI:
+        return WhoAmI(
+            id=key[3:15],
+            name="floor",
+            scopes=["reports:read"],
+            rate_limit="1000000000/1d",
+            credits=left[0],
+        )
 
     app = FastAPI(title="keystore benchmark floor")
     app.include_router(router)

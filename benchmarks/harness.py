@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,20 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """req/s by round, then by target (Bench.rounds)."""
+
+    rps: list[list[float]]
+
+    def median(self, i: int) -> float:
+        return statistics.median(r[i] for r in self.rps)
+
+    def ratio(self, i: int, j: int) -> float:
+        """The median over the rounds of target i's req/s over target j's."""
+        return statistics.median(r[i] / r[j] if r[j] else 0.0 for r in self.rps)
+
+
 @dataclass
 class Bench:
     quick: bool
@@ -139,26 +154,35 @@ class Bench:
         finally:
             self.children.stop(proc)
 
-    async def best(self, targets: Sequence[Target]) -> list[float]:
-        """The best req/s of each target, measured in turns and, on a second
-        pass (not with --quick), in reverse: drift in the machine's speed falls
-        on all alike."""
-        best = [0.0] * len(targets)
-        for rep in range(1 if self.quick else 2):
+    async def rounds(self, targets: Sequence[Target]) -> "Rounds":
+        """req/s of each target in rounds of short runs in turns, each round in
+        the other order. This VM's speed drifts by 10% and more for tens of
+        seconds at a time: a ratio of two targets is taken within each round,
+        where the drift falls on both alike, and its median over the rounds."""
+        count, runs = (2, (0.0, 1.0)) if self.quick else (8, (1.0, 2.0))
+        found = []
+        for rep in range(count):
+            rps = [0.0] * len(targets)
             for i in range(len(targets))[:: -1 if rep % 2 else 1]:
-                best[i] = max(best[i], (await self.measure(*targets[i])).rps)
-        return best
+                rps[i] = (await self.measure(*targets[i], seconds=runs)).rps
+            found.append(rps)
+        return Rounds(found)
 
     async def measure(
-        self, server: Server, path: str, key: str | None, level: Level = (32, 0.0)
+        self,
+        server: Server,
+        path: str,
+        key: str | None,
+        level: Level = (32, 0.0),
+        seconds: tuple[float, float] | None = None,
     ) -> Run:
         """A closed loop from the loaders' CPU: a warm-up run (if any), discarded,
-        then the measured one."""
-        url, (warmup, seconds) = server.url + path, self.run_seconds
+        then the measured one (``seconds``: of each, else ``run_seconds``)."""
+        url, (warmup, length) = server.url + path, seconds or self.run_seconds
         if warmup:
             await self._closed_loop(url, key, warmup, level)
         meter = CpuMeter(server.pid, self.cpus.server)
-        f = await self._closed_loop(url, key, seconds, level)
+        f = await self._closed_loop(url, key, length, level)
         rps, p99_ms = f["requests"] / f["duration_us"] * 1e6, f["p99_us"] / 1e3
         self.runs.append(run := Run(rps, p99_ms, int(f["errors"]), meter.stop()))
         return run

@@ -34,6 +34,26 @@ async def test_a_short_window_refuses_past_its_limit_in_each_process(
         assert await _spend_all(store, made.key, 4) == 3
 
 
+async def test_a_key_and_its_owner_each_have_their_rate_limit_item(
+    settings: Settings,
+) -> None:
+    owners = settings.model_copy(
+        update={"owners_collection": f"o_{settings.collection}"}
+    )
+    async with ApiKeyStore(owners) as store:
+        await store.set_owner_limits("acme", rate_limit=parse_rate_limit("50/1m"))
+        made = await store.create(
+            name="n", owner="acme", rate_limit=parse_rate_limit("10/1m")
+        )
+        record = await store.verify(made.key)
+        await store.spend(record)
+        headers = store.limiter.headers(record)
+        assert headers["RateLimit-Policy"] == '"key";q=10;w=60, "owner";q=50;w=60'
+        key_item, owner_item = headers["RateLimit"].split(", ")
+        assert key_item.startswith('"key";r=9;t=')
+        assert owner_item.startswith('"owner";r=49;t=')
+
+
 async def test_an_owner_without_a_document_has_no_limits(settings: Settings) -> None:
     owners = settings.model_copy(
         update={"owners_collection": f"o_{settings.collection}"}

@@ -7,6 +7,7 @@ import pytest
 
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
+from keystore.lookups import MAX_BATCH
 from tests.conftest import Timer
 from tests.interceptors import Recorder
 
@@ -34,6 +35,17 @@ async def test_unknown_keys_checked_together_go_as_one_read(
         assert found == [False] * 20
         assert rpc_calls.count(BATCH) == 1
         assert cold.reads["check"] == 20  # Firestore bills each document
+
+
+async def test_more_than_a_batch_go_as_several_reads(
+    settings: Settings, rpc_calls: Recorder
+) -> None:
+    keys = [new_key(settings.prefix) for _ in range(MAX_BATCH + 1)]
+    unbudgeted = settings.model_copy(update={"max_lookups_per_second": 0})
+    async with ApiKeyStore(unbudgeted, interceptors=rpc_calls.interceptors) as cold:
+        found = await asyncio.gather(*(cold.does_api_key_exist(k) for k in keys))
+        assert not any(found)
+        assert rpc_calls.count(BATCH) == 2
 
 
 async def test_a_first_read_waits_for_the_next(
