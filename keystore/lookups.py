@@ -3,19 +3,15 @@
 A read costs the gRPC client most of a millisecond of CPU per call and little
 per document, on the event loop's core, beside the checks answered from
 memory. So the lookup of an id that memory has never held (an unknown key,
-most often: a stream of them is what costs) waits up to 50 ms for others, and
-they go out together. The refresh of a row memory holds goes at once, and
-takes along whatever waits.
+most often: a stream of them is what costs) waits a moment for others
+(``KEYSTORE_LOOKUP_WINDOW``, 50 ms), and they go out together. The refresh of
+a row memory holds goes at once, and takes along whatever waits.
 """
 
 import asyncio
 
 from keystore.collection import KeyCollection, Row
 
-#: How long a first read waits for others, seconds. At 200 unknown keys a
-#: second that makes batches of about ten, a third of the CPU of single reads;
-#: a valid key pays it once per process, on its first check.
-WINDOW = 0.05
 #: Firestore's limit on documents per BatchGetDocuments is far above this; a
 #: batch this size costs about a tenth of the calls it replaces.
 MAX_BATCH = 100
@@ -24,8 +20,13 @@ MAX_BATCH = 100
 class Lookups:
     """Rows by key id, read in batches (single flight per id is the cache's)."""
 
-    def __init__(self, rows: KeyCollection) -> None:
+    def __init__(self, rows: KeyCollection, window: float) -> None:
+        """``window``: how long a first read waits for others, seconds. At the
+        default 50 ms and 200 unknown keys a second, batches of about ten cost
+        a third of the CPU of single reads; a valid key pays the wait once per
+        process, on its first check there."""
         self._rows = rows
+        self._window = window
         self._waiting: dict[str, asyncio.Future[Row | None]] = {}
         self._send_at: asyncio.Handle | None = None
         #: Calls sent, for tests and benchmarks.
@@ -45,7 +46,7 @@ class Lookups:
                 self._send_at.cancel()
             self._send_at = loop.call_soon(self._send)
         elif self._send_at is None:
-            self._send_at = loop.call_later(WINDOW, self._send)
+            self._send_at = loop.call_later(self._window, self._send)
         # Shielded: one caller giving up must not cancel the others' read.
         return await asyncio.shield(future)
 

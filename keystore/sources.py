@@ -114,7 +114,7 @@ class TtlSource:
             stale_first=lambda: rows.connection.is_degraded,
         )
         self._budget = ReadBudget(settings.max_lookups_per_second, timer)
-        self._lookups = Lookups(rows)
+        self._lookups = Lookups(rows, settings.lookup_window)
 
     @property
     def hits(self) -> int:

@@ -16,6 +16,12 @@ pytestmark = pytest.mark.anyio
 BATCH = "BatchGetDocuments"
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The window long enough that no test here can outrun it by accident."""
+    return settings.model_copy(update={"lookup_window": 0.5})
+
+
 async def sent(rpc_calls: Recorder, count: int) -> bool:
     """True once ``count`` reads have gone out, within a few loop turns: far
     less than the gathering window, so nothing waited for it."""
@@ -63,18 +69,32 @@ async def test_a_first_read_waits_for_the_next(
 
 
 async def test_the_refresh_of_a_row_in_use_is_not_held_back(
-    store: ApiKeyStore, timer: Timer, rpc_calls: Recorder
+    settings: Settings, timer: Timer, rpc_calls: Recorder
 ) -> None:
-    made = await store.create(name="n")
-    assert await store.does_api_key_exist(made.key)
-    before = rpc_calls.count(BATCH)
-    timer.tick(store.settings.cache_ttl + 1)  # the row is held, but stale
-    waiting = asyncio.ensure_future(
-        store.does_api_key_exist(new_key(store.settings.prefix))
-    )
-    await asyncio.sleep(0)
-    refresh = asyncio.ensure_future(store.does_api_key_exist(made.key))
-    # The refresh goes at once and takes the waiting first read along.
-    assert await sent(rpc_calls, before + 1)
-    assert [await waiting, await refresh] == [False, True]
-    assert rpc_calls.count(BATCH) == before + 1
+    store = ApiKeyStore(settings, timer=timer, interceptors=rpc_calls.interceptors)
+    async with store:
+        made = await store.create(name="n")
+        assert await store.does_api_key_exist(made.key)
+        before = rpc_calls.count(BATCH)
+        timer.tick(settings.cache_ttl + 1)  # the row is held, but stale
+        unknown = new_key(settings.prefix)
+        waiting = asyncio.ensure_future(store.does_api_key_exist(unknown))
+        await asyncio.sleep(0)
+        refresh = asyncio.ensure_future(store.does_api_key_exist(made.key))
+        # The refresh goes at once and takes the waiting first read along.
+        assert await sent(rpc_calls, before + 1)
+        assert [await waiting, await refresh] == [False, True]
+        assert rpc_calls.count(BATCH) == before + 1
+
+
+async def test_with_no_window_a_first_read_goes_at_once(
+    settings: Settings, rpc_calls: Recorder
+) -> None:
+    at_once = settings.model_copy(update={"lookup_window": 0})
+    async with ApiKeyStore(at_once, interceptors=rpc_calls.interceptors) as cold:
+        await cold.does_api_key_exist(new_key(settings.prefix))  # connected
+        before = rpc_calls.count(BATCH)
+        unknown = new_key(settings.prefix)
+        check = asyncio.ensure_future(cold.does_api_key_exist(unknown))
+        assert await sent(rpc_calls, before + 1)
+        assert not await check
