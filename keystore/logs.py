@@ -93,6 +93,10 @@ def configure_logging(settings: Settings) -> None:
             continue
         logger.handlers = []
         logger.propagate = True
+        # uvicorn sets its loggers' levels (--log-level, INFO by default); a
+        # logger's own level decides, so KEYSTORE_LOG_LEVEL must raise them
+        # too, or WARNING would still print a line per request.
+        logger.setLevel(max(logger.getEffectiveLevel(), root.level))
 
 
 _TRACE = re.compile(r"[0-9a-fA-F]{1,64}")

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -235,6 +236,10 @@ def running_server(
         text=True,
     )
     server = Server(process, f"http://127.0.0.1:{port}", port)
+    # Read as it comes: a full pipe would block the server's next log line.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()))
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -242,10 +247,16 @@ def running_server(
                 httpx.get(f"{server.base}/healthz", timeout=1)
                 break
             except httpx.TransportError:
-                assert process.poll() is None, process.communicate()[0]
+                if process.poll() is not None:
+                    reader.join(timeout=10)
+                    raise AssertionError("".join(lines)) from None
                 assert time.monotonic() < deadline, f"{server.base} did not come up"
                 time.sleep(0.1)
         yield server
     finally:
         process.send_signal(signal.SIGTERM)
-        server.output = process.communicate(timeout=30)[0]
+        process.wait(timeout=30)
+        reader.join(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+        server.output = "".join(lines)

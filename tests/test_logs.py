@@ -21,6 +21,8 @@ from keystore.logs import (
 )
 from tests.conftest import running_server
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
 
 def test_mask_keys_keeps_only_the_id() -> None:
     key = new_key("ks", "AbCdEf012345")
@@ -91,12 +93,13 @@ async def test_cloud_run_server_logs_json_with_trace_and_no_key(
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    loggers = [logging.getLogger(name) for name in ("", *UVICORN_LOGGERS)]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     try:
         yield
     finally:
-        root.handlers, root.level = handlers, level
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.level, lg.propagate = handlers, level, propagate
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -133,3 +136,19 @@ def test_no_access_log_stays_off(settings: Settings, tmp_path: Path) -> None:
             assert httpx.get(f"{server.base}/healthz").status_code == 200
     assert "Application startup complete" in server.output
     assert "/healthz" not in server.output
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_log_level_applies_to_uvicorn_loggers_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """uvicorn sets its own loggers to INFO; KEYSTORE_LOG_LEVEL=WARNING must
+    still silence them, or every request would print a line."""
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(logging.INFO)
+    access.addHandler(logging.NullHandler())  # as uvicorn's own config does
+    configure_logging(Settings(log_format="text", log_level="WARNING"))
+    access.info('"GET /healthz HTTP/1.1" 200')
+    logging.getLogger("uvicorn.error").warning("shutting down")
+    err = capsys.readouterr().err
+    assert "/healthz" not in err and "shutting down" in err
