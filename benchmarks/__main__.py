@@ -10,22 +10,18 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from benchmarks import core, limits, modes, soak
 from benchmarks.harness import Bench, guarded
 from benchmarks.procs import ROOT
-from benchmarks.report import Section, percentile
+from benchmarks.report import percentile
 
-SUITES: dict[str, Callable[[Bench], Awaitable[Section]]] = {
-    "core": core.run,
-    "modes": modes.run,
-    "limits": limits.run,
-    "soak": soak.run,  # last: it stops and restarts the emulator
-}
+# The soak last: it stops and restarts the emulator.
+SUITES = {"core": core.run, "modes": modes.run, "limits": limits.run, "soak": soak.run}
 
 
 async def _run(bench: Bench, names: list[str]) -> int:
@@ -35,13 +31,15 @@ async def _run(bench: Bench, names: list[str]) -> int:
         bench.say(f"{name}: starting")
         sections.append(await SUITES[name](bench))
     cpus, runs = bench.cpus, bench.runs
+    done = subprocess.run([bench.wrk, "-v"], capture_output=True, text=True)
+    wrk = (done.stdout + done.stderr).split(" [")[0]  # "wrk 4.1.0"
     pinned = f"servers on CPU {cpus.server}, the rest on CPU {cpus.load}"
     heading = (
         f"keystore benchmarks{' --quick' if bench.quick else ''}, "
         f"{started:%Y-%m-%d %H:%M} UTC, {time.monotonic() - bench.started:.0f} s; "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs "
         f"({pinned if cpus.server is not None else 'not pinned'}), "
-        f"{bench.describe_loader()}; load average {load:.2f} at the start, "
+        f"{wrk}; load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end"
     )
     if others := sorted(run.others_cpu_pct for run in runs):
@@ -54,13 +52,11 @@ async def _run(bench: Bench, names: list[str]) -> int:
     print(heading + ".")
     for section in sections:
         print(f"\n{section.markdown()}")
-    suites = {
-        s.name: {"rows": s.rows, "notes": s.notes, "data": s.data} for s in sections
-    }
+    suites = {s.name: {"rows": s.rows, "notes": s.notes} for s in sections}
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{'quick' if bench.quick else 'latest'}.json").write_text(
-        json.dumps({"machine": heading, "suites": suites}, default=str)
+        json.dumps({"machine": heading, "suites": suites})
     )
     for failure in (f"{s.name}: {f}" for s in sections for f in s.failures):
         print(f"FAILED {failure}", file=sys.stderr)
@@ -70,15 +66,12 @@ async def _run(bench: Bench, names: list[str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, ~2 minutes")
-    parser.add_argument(
-        "--only", default=",".join(SUITES), help="suites, comma-separated"
-    )
+    parser.add_argument("--only", default=",".join(SUITES), help="comma-separated")
     args = parser.parse_args()
-    if unknown := set(args.only.split(",")) - set(SUITES):
-        parser.error(
-            f"no suite {', '.join(sorted(unknown))}; there are {', '.join(SUITES)}"
-        )
-    names = [name for name in SUITES if name in args.only.split(",")]
+    only = args.only.split(",")
+    if unknown := sorted(set(only) - set(SUITES)):
+        parser.error(f"no suite {', '.join(unknown)}; there are {', '.join(SUITES)}")
+    names = [name for name in SUITES if name in only]
     return guarded(args.quick, lambda bench: _run(bench, names))
 
 

@@ -3,24 +3,20 @@ unknown keys cost it. Baselines from the same run: over HTTP the floor app
 (floor_app.py), in process a set lookup, for unknown keys the sketch (sketch.py)."""
 
 import asyncio
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, suppress
 from functools import partial
 
-from google.cloud import firestore
-
-from benchmarks.harness import Bench, Run
+from benchmarks.harness import DEMO, FLOOR, Bench, Run
 from benchmarks.procs import BenchmarkError, Servers, on_cpu, sync_client
 from benchmarks.rawhttp import beside_unknown, fetch, get
-from benchmarks.report import Section, judged, per_call_us, ratio
-from benchmarks.sketch import Sketch
+from benchmarks.report import Section, add_warm_checks, judged, per_call_us, ratio
+from benchmarks.sketch import Sketch, gets_from_threads
 from keystore import ApiKeyStore, MalformedKey, Settings
 from keystore.keys import new_key
 
-APPS = {"keystore": "api.main:app", "floor": "benchmarks.floor_app:create_app"}
+APPS = {"keystore": DEMO, "floor": FLOOR}
 WHOAMI = "/v1/whoami"
 MISS_RATE = 200.0
 HERD = 200
@@ -43,10 +39,10 @@ async def run(bench: Bench) -> Section:
         apps = {name: bench.serve(name, app, **env) for name, app in APPS.items()}
         servers = {n: await stack.enter_async_context(a) for n, a in apps.items()}
         with on_cpu(bench.cpus.load):
-            for server in servers.values():
+            for app, server in servers.items():
                 status, text = await fetch(get(server.url + WHOAMI, key))
                 if status != 200:  # else we would time 401s
-                    raise BenchmarkError(f"{server.name} refused the key: {text}")
+                    raise BenchmarkError(f"{app} refused the key: {text}")
             await _throughput(s, bench, servers, key)
             await _latency(s, bench, servers, key)
     with on_cpu(bench.cpus.server):
@@ -58,11 +54,8 @@ async def run(bench: Bench) -> Section:
 async def _throughput(s: Section, bench: Bench, servers: Servers, key: str) -> None:
     keyed = {"/healthz": None, WHOAMI: key}
     targets = [(servers[app], path, keyed[path]) for path in keyed for app in APPS]
+    bench.say("core: req/s of keystore and the floor in rounds")
     found = await bench.rounds(targets)  # keystore, floor; /healthz, whoami
-    ks_h, fl_h, ks_w, fl_w = (found.median(i) for i in range(4))
-    bench.say(
-        f"core: healthz {ks_h:,.0f} floor {fl_h:,.0f}; whoami {ks_w:,.0f} {fl_w:,.0f}"
-    )
     for figure, i, route, least in (
         ("GET /healthz (open route), wrk, 32 connections", 0, "open", 0.95),
         ("GET /v1/whoami (cached key)", 2, "guarded", 0.90),
@@ -84,27 +77,27 @@ async def _throughput(s: Section, bench: Bench, servers: Servers, key: str) -> N
 
 async def _latency(s: Section, bench: Bench, servers: Servers, key: str) -> None:
     """The cached key's p99 alone and while unknown keys arrive, each app."""
-    seconds = sum(bench.run_seconds) + 1.5
-    for level, (conns, pause) in LEVELS.items():
+    lengths = (0.0, 2.0) if bench.quick else (2.0, 8.0)  # warm-up, measured run
+    seconds = sum(lengths) + 1.5
+    for level, load in LEVELS.items():
         runs: dict[str, tuple[Run, Run]] = {}
         for app, server in servers.items():
-            measure = partial(bench.measure, server, WHOAMI, key, (conns, pause))
+            measure = partial(bench.measure, (server, WHOAMI, key), lengths, load)
             idle = await measure()
             url = server.url + WHOAMI
             busy, misses = await beside_unknown(url, MISS_RATE, seconds, measure())
             runs[app] = idle, busy
             bench.say(f"core: {level} {app}: p99 {_p99(idle, busy)}")
-            answered = sum(a.status == 401 for a in misses.answers) / misses.seconds
-            if answered < 0.95 * MISS_RATE:  # refused (503), or left waiting
+            rate = sum(a.status == 401 for a in misses.answers) / misses.seconds
+            if rate < 0.95 * MISS_RATE:  # refused (503), or left waiting
                 got = f"{misses.statuses}, {misses.lost} lost"
-                s.notes.append(
-                    f"{level}, {app}: {answered:.0f} unknown keys/s ({got})."
-                )
+                s.notes.append(f"{level}, {app}: {rate:.0f} unknown keys/s ({got}).")
         (idle, busy), floor = runs["keystore"], runs["floor"]
         target = judged("≤ 1.5x", busy.p99_ms <= 1.5 * idle.p99_ms)
         if level != "steady":
             lost = f"{ratio(busy.rps, idle.rps) - 1:+.0%}"
             target = f"(beside the steady factor; req/s {lost}: misses take the CPU)"
+        conns, pause = load
         how = f"{conns} connections" + (f" pausing {pause:g} ms" if pause else "")
         label = (
             f"cached-key p99 ms, idle → {MISS_RATE:g} unknown keys/s, {level} ({how})"
@@ -113,7 +106,9 @@ async def _latency(s: Section, bench: Bench, servers: Servers, key: str) -> None
 
 
 async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> None:
-    garbage = [_malformed(settings.prefix) for _ in range(200 if quick else 2000)]
+    # The right shape, the wrong checksum: the last character changed.
+    shaped = [new_key(settings.prefix) for _ in range(200 if quick else 2000)]
+    garbage = [k[:-1] + ("A" if k[-1] != "A" else "B") for k in shaped]
     seconds = 2.0 if quick else 6.0
     async with ApiKeyStore(settings) as store:
         await store.verify(key)  # the row is held: what follows is warm
@@ -121,7 +116,7 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
         async def verify() -> object:
             return await store.verify(key)
 
-        us = await per_call_us({"verify": verify}, key, quick)
+        us = await per_call_us({"verify": verify}, quick)
         reads = store.reads["check"]
         for k in garbage:
             with suppress(MalformedKey):
@@ -137,9 +132,8 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
         floor = await _cpu_ms(nothing, seconds)
     # A fresh store: its cache is empty, so the herd's key is not held.
     async with ApiKeyStore(settings) as store:
-        herd = sum(
-            await asyncio.gather(*(store.does_api_key_exist(key) for _ in range(HERD)))
-        )
+        checks = (store.does_api_key_exist(key) for _ in range(HERD))
+        herd = sum(await asyncio.gather(*checks))
         herd_reads = store.reads["check"]
     with sync_client() as client:
         sketch = Sketch(client, settings.collection)
@@ -148,14 +142,9 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
             return sketch.lookup(k)  # blocks the loop, as in the sketch's app
 
         sketch_cpu = await _cpu_ms(sketch_lookup, seconds)
-        sketch_herd = _threads(client, settings.collection, [key] * HERD)
-        sketch_malformed = _threads(client, settings.collection, garbage)
-    s.add(
-        "µs per warm check (`verify`), in process",
-        f"{us['verify']:.2f}",
-        f"{us['set']:.2f} set lookup",
-        judged("≤ 5", us["verify"] <= 5),
-    )
+        sketch_herd = gets_from_threads(client, settings.collection, [key] * HERD)
+        sketch_malformed = gets_from_threads(client, settings.collection, garbage)
+    add_warm_checks(s, us, ["verify"])
     net, sketch_net = cpu - floor, sketch_cpu - floor
     s.add(
         f"CPU ms per unknown-key lookup at {MISS_RATE:g}/s, in process, beyond "
@@ -172,19 +161,11 @@ async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> 
         f"{sketch_herd}; {sketch_malformed:,} sketch (from threads)",
         judged("= 1; = 0", ok),
     )
-    s.data |= {"us": us, "unknown_cpu_ms": cpu, "sketch_unknown_cpu_ms": sketch_cpu}
-    s.data["load_alone_cpu_ms"] = floor
 
 
 def _p99(idle: Run, busy: Run) -> str:
     factor = ratio(busy.p99_ms, idle.p99_ms)
     return f"{idle.p99_ms:.2f} → {busy.p99_ms:.2f}, {factor:.2f}x"
-
-
-def _malformed(prefix: str) -> str:
-    """A key of the right shape whose checksum is wrong: its last character."""
-    key = new_key(prefix)
-    return key[:-1] + ("A" if key[-1] != "A" else "B")
 
 
 async def _cpu_ms(lookup: Callable[[str], Awaitable[object]], seconds: float) -> float:
@@ -202,19 +183,3 @@ async def _cpu_ms(lookup: Callable[[str], Awaitable[object]], seconds: float) ->
         tasks.append(asyncio.ensure_future(lookup(new_key("ks"))))
     await asyncio.gather(*tasks)
     return (time.process_time() - cpu - idle * (time.perf_counter() - start)) / n * 1e3
-
-
-def _threads(client: firestore.Client, collection: str, keys: list[str]) -> int:
-    """The sketch's Firestore gets for ``keys`` asked at once from threads (its
-    ``def`` dependency in FastAPI's pool): one per key not yet cached."""
-    sketch = Sketch(client, collection, threaded=True)
-    barrier = threading.Barrier(min(len(keys), HERD))
-
-    def one(k: str) -> object:
-        with suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=10)
-        return sketch.lookup(k)
-
-    with ThreadPoolExecutor(HERD) as pool:
-        list(pool.map(one, keys))
-    return sketch.reads

@@ -1,6 +1,5 @@
-"""What every suite is given: the emulator, the CPUs, a work folder, servers and
-closed loops on them (wrk, or rawhttp without it); and the guard that ends
-every child process whatever happens."""
+"""What every suite is given (the emulator, the CPUs, a work folder, servers and
+wrk's closed loops on them), and the guard that ends every child process."""
 
 import asyncio
 import json
@@ -18,13 +17,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchmarks import rawhttp
 from benchmarks.procs import HOST, BenchmarkError, Children, Cpus, Emulator, Server
 
 LUA = Path(__file__).resolve().parent / "wrk_report.lua"
+DEMO, FLOOR = "api.main:app", "benchmarks.floor_app:create_app"
 Target = tuple[Server, str, str | None]  # server, path, key
 #: A closed loop's load: connections, and ms each waits before each request.
 Level = tuple[int, float]
@@ -47,42 +46,32 @@ class CpuMeter:
 
     def __init__(self, pid: int, cpu: int | None) -> None:
         self._pid, self._cpu = pid, cpu
-        self._start = self._now()
+        self._start = self._ticks()
 
-    def _now(self) -> tuple[float, float, int, int]:
-        """The time, the server's CPU seconds (all threads, user and system), and
-        its CPU's busy and all ticks since boot."""
-        try:
-            with open(f"/proc/{self._pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            own = 0.0
+    def _ticks(self) -> tuple[int, int, int]:
+        """The server's CPU ticks (all threads), its CPU's busy and all ticks."""
+        with open(f"/proc/{self._pid}/stat") as f:
+            own = sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
         with open("/proc/stat") as f:
-            mine = f"cpu{self._cpu or 0} "
-            line = next((li for li in f if li.startswith(mine)), "x 0 0 0 0")
+            line = next(li for li in f if li.startswith(f"cpu{self._cpu or 0} "))
         ticks = [int(v) for v in line.split()[1:]]
-        return time.monotonic(), own, sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+        return own, sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
     def stop(self) -> float:
-        if self._cpu is None:
-            return 0.0
-        (t0, own0, busy0, all0), (t1, own1, busy1, all1) = self._start, self._now()
-        others = 100 * (busy1 - busy0) / max(1, all1 - all0)
-        return max(0.0, others - 100 * (own1 - own0) / (t1 - t0))
+        (own0, busy0, all0), (own1, busy1, all1) = self._start, self._ticks()
+        others = max(0, busy1 - busy0 - (own1 - own0)) / max(1, all1 - all0)
+        return 100 * others if self._cpu is not None else 0.0
 
 
-def find_wrk() -> str | None:
-    """wrk's path; installs Debian's package once if we may, else None: then
-    rawhttp stands in (BENCH_LOADER=python forces that, to test it where wrk is)."""
-    if os.environ.get("BENCH_LOADER") == "python":
-        return None
-    if shutil.which("wrk") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return shutil.which("wrk")
-    print("wrk is not installed; trying apt-get install wrk", file=sys.stderr)
-    argv = ["apt-get", "install", "-y", "-qq", "wrk"]
-    subprocess.run(argv, capture_output=True, timeout=300, check=False)
-    return shutil.which("wrk")
+def find_wrk() -> str:
+    """wrk's path, once Debian's package is installed if it was missing and we may."""
+    if not shutil.which("wrk") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is not installed; trying apt-get install wrk", file=sys.stderr)
+        argv = ["apt-get", "install", "-y", "-qq", "wrk"]
+        subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    if wrk := shutil.which("wrk"):
+        return wrk
+    raise BenchmarkError("wrk is missing; install it (Debian: apt-get install wrk).")
 
 
 @dataclass(frozen=True)
@@ -106,15 +95,10 @@ class Bench:
     children: Children
     cpus: Cpus
     emulator: Emulator
+    wrk: str
     started: float = field(default_factory=time.monotonic)
-    wrk: str | None = field(default_factory=find_wrk)
     #: Every measured closed-loop run, for the heading.
     runs: list[Run] = field(default_factory=list)
-
-    @property
-    def run_seconds(self) -> tuple[float, float]:
-        """Seconds of a closed loop's discarded warm-up, and of its measured run."""
-        return (0.0, 2.0) if self.quick else (2.0, 8.0)
 
     def say(self, message: str) -> None:
         """Progress on stderr, so that stdout holds only the tables."""
@@ -127,11 +111,11 @@ class Bench:
 
     @asynccontextmanager
     async def serve(
-        self, name: str, app: str, ready: str = "/healthz", **env: str
+        self, name: str, app: str = DEMO, ready: str = "/healthz", **env: str
     ) -> AsyncIterator[Server]:
-        """``app`` under uvicorn, one worker on the servers' CPU, with this
-        emulator and quiet logs, from the first 200 on ``ready`` until the block
-        ends; ``module:app`` names an app (api.main), any other name a factory."""
+        """``app`` under uvicorn, one worker on the servers' CPU, quiet logs, from
+        the first 200 on ``ready`` until the block ends; ``module:app`` names an
+        app, any other name a factory."""
         with socket.socket() as s:
             s.bind((HOST, 0))
             port = s.getsockname()[1]
@@ -150,54 +134,43 @@ class Bench:
                     lines = log.read_text(errors="replace").splitlines()[-20:]
                     raise BenchmarkError(f"{name} not ready:\n" + "\n".join(lines))
                 await asyncio.sleep(0.02)
-            yield Server(name, url, proc.pid)
+            yield Server(url, proc.pid)
         finally:
             self.children.stop(proc)
 
-    async def rounds(self, targets: Sequence[Target]) -> "Rounds":
-        """req/s of each target in rounds of short runs in turns, each round in
-        the other order. This VM's speed drifts by 10% and more for tens of
-        seconds at a time: a ratio of two targets is taken within each round,
-        where the drift falls on both alike, and its median over the rounds."""
-        count, runs = (2, (0.0, 1.0)) if self.quick else (8, (1.0, 2.0))
+    async def rounds(self, targets: Sequence[Target]) -> Rounds:
+        """req/s of each target in rounds of short runs, each round in the other
+        order. This VM's speed drifts 10% and more for tens of seconds: a ratio is
+        taken within a round, where the drift falls on both alike."""
+        count, seconds = (2, (0.0, 1.0)) if self.quick else (8, (1.0, 2.0))
         found = []
         for rep in range(count):
-            rps = [0.0] * len(targets)
-            for i in range(len(targets))[:: -1 if rep % 2 else 1]:
-                rps[i] = (await self.measure(*targets[i], seconds=runs)).rps
-            found.append(rps)
+            order = range(len(targets))[:: -1 if rep % 2 else 1]
+            runs = {i: await self.measure(targets[i], seconds) for i in order}
+            found.append([runs[i].rps for i in range(len(targets))])
         return Rounds(found)
 
     async def measure(
-        self,
-        server: Server,
-        path: str,
-        key: str | None,
-        level: Level = (32, 0.0),
-        seconds: tuple[float, float] | None = None,
+        self, target: Target, seconds: tuple[float, float], level: Level = (32, 0.0)
     ) -> Run:
-        """A closed loop from the loaders' CPU: a warm-up run (if any), discarded,
-        then the measured one (``seconds``: of each, else ``run_seconds``)."""
-        url, (warmup, length) = server.url + path, seconds or self.run_seconds
+        """A closed loop: a warm-up run of ``seconds[0]`` (if any), discarded,
+        then the measured one of ``seconds[1]``."""
+        warmup, length = seconds
         if warmup:
-            await self._closed_loop(url, key, warmup, level)
-        meter = CpuMeter(server.pid, self.cpus.server)
-        f = await self._closed_loop(url, key, length, level)
-        rps, p99_ms = f["requests"] / f["duration_us"] * 1e6, f["p99_us"] / 1e3
-        self.runs.append(run := Run(rps, p99_ms, int(f["errors"]), meter.stop()))
+            await self._wrk(target, warmup, level)
+        self.runs.append(run := await self._wrk(target, length, level))
         return run
 
-    async def _closed_loop(
-        self, url: str, key: str | None, seconds: float, level: Level
-    ) -> dict[str, float]:
-        conns, pause = level
-        if self.wrk is None:
-            return await rawhttp.closed_loop(rawhttp.get(url, key), seconds, *level)
-        # wrk takes whole seconds only; one thread, as the loaders have one CPU.
+    async def _wrk(self, target: Target, seconds: float, level: Level) -> Run:
+        """wrk from the loaders' CPU with one thread, as they have one CPU."""
+        (server, path, key), (conns, pause) = target, level
+        url = server.url + path
+        # wrk takes whole seconds only.
         argv = [self.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", url]
         argv += ["--latency", "--timeout", "5s", "-s", str(LUA)]
         argv += ["-H", f"{rawhttp.HEADER}: {key}"] if key else []
         env = {**os.environ, "WRK_PAUSE_MS": f"{pause:g}"}
+        meter = CpuMeter(server.pid, self.cpus.server)
         proc = self.children.spawn(argv, env, self.cpus.load, subprocess.PIPE)
         try:
             out, _ = await asyncio.to_thread(proc.communicate, timeout=seconds + 30)
@@ -207,35 +180,26 @@ class Bench:
             self.children.stop(proc)
         for line in out.decode(errors="replace").splitlines():
             if line.startswith("WRK_JSON "):
-                figures: dict[str, float] = json.loads(line.removeprefix("WRK_JSON "))
-                return figures
+                f = json.loads(line.removeprefix("WRK_JSON "))
+                rps, p99_ms = f["requests"] / f["duration_us"] * 1e6, f["p99_us"] / 1e3
+                return Run(rps, p99_ms, int(f["errors"]), meter.stop())
         raise BenchmarkError(f"wrk gave no figures for {url}:\n{out[-2000:]!r}")
-
-    def describe_loader(self) -> str:
-        """What made the closed loops, for the heading."""
-        if self.wrk is None:
-            return "benchmarks.rawhttp (no wrk)"
-        done = subprocess.run([self.wrk, "-v"], capture_output=True, text=True)
-        return (done.stdout + done.stderr).split(" [")[0]
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def guarded(quick: bool, run: Callable[[Bench], Coroutine[Any, Any, int]]) -> int:
     """``run`` with an emulator and child processes, all ended on any exit."""
-    # A shell starts background jobs with SIGINT ignored; Ctrl-C or kill -INT must
-    # still reach us, so that the clean-up below runs.
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C, kill -INT and
+    # kill must still reach us (as KeyboardInterrupt), so that the clean-up runs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="keystore-bench-"))
     cpus, children = Cpus.plan(), Children(work)
     emulator = Emulator(work / "emulator", cpus.load)
     status = 1
     try:
+        wrk = find_wrk()
         emulator.start()
-        status = asyncio.run(run(Bench(quick, work, children, cpus, emulator)))
+        status = asyncio.run(run(Bench(quick, work, children, cpus, emulator, wrk)))
     except KeyboardInterrupt:
         print("benchmark interrupted; cleaning up", file=sys.stderr)
         status = 130

@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-from benchmarks.harness import Bench
+from benchmarks.harness import FLOOR, Bench
 from benchmarks.procs import Server, on_cpu
-from benchmarks.rawhttp import Request, Stream, get, metrics, open_loop
+from benchmarks.rawhttp import Request, get, metrics, open_loop
 from benchmarks.report import Section, judged, per_call_us, ratio
 from keystore import ApiKeyStore, Settings
 from keystore.limits import parse_rate_limit
@@ -20,7 +20,6 @@ UNBOUND = parse_rate_limit("1000000000/1d")
 LIMIT, WINDOW = 200, 10
 STEADY_RATE = 100.0
 WHOAMI = "/v1/whoami"
-FLOOR = "benchmarks.floor_app:create_app"
 Keys = dict[str, str]  # by name
 TOTALS = {
     "checks": "keystore_limit_checks_total",
@@ -47,13 +46,12 @@ async def run(bench: Bench) -> Section:
         await _hot_path(s, bench.quick, settings, keys)
     async with AsyncExitStack() as stack:
         env = {"KEYSTORE_COLLECTION": settings.collection}
-        apps = (bench.serve(f"limits{i}", "api.main:app", **env) for i in range(3))
+        apps = (bench.serve(f"limits{i}", **env) for i in range(3))
         servers = [await stack.enter_async_context(app) for app in apps]
-        floor = bench.serve("floor", FLOOR, FLOOR_KEYS=",".join(keys.values()))
+        floor_app = bench.serve("floor", FLOOR, FLOOR_KEYS=",".join(keys.values()))
+        floor = await stack.enter_async_context(floor_app)
         with on_cpu(bench.cpus.load):
-            await _rps(
-                s, bench, [servers[0], await stack.enter_async_context(floor)], keys
-            )
+            await _rps(s, bench, [servers[0], floor], keys)
             bench.say("limits: one key at 100/s over 3 apps, then 2L per window")
             await _across(s, bench.quick, servers, keys)
     return s
@@ -72,7 +70,7 @@ async def _hot_path(s: Section, quick: bool, settings: Settings, keys: Keys) -> 
 
         await with_limits()  # the first lease is taken: what follows is warm
         calls = {"verify": verify, "limits": with_limits}
-        us = await per_call_us(calls, keys["plain"], quick)
+        us = await per_call_us(calls, quick)
     slower = ratio(us["limits"], us["verify"])
     s.add(
         "µs per warm check, rate limit + credits (`verify` + `spend`), in process",
@@ -80,13 +78,10 @@ async def _hot_path(s: Section, quick: bool, settings: Settings, keys: Keys) -> 
         f"{us['verify']:.2f} without limits; {us['set']:.2f} set lookup",
         judged("≤ 1.5x", slower <= 1.5, f"{slower:.2f}x"),
     )
-    s.data["us"] = us
 
 
 async def _rps(s: Section, bench: Bench, apps: list[Server], keys: Keys) -> None:
-    """whoami with and without limits, in the demo app and in the floor app,
-    whose limit is a counter and the same two headers: what FastAPI itself
-    charges for a limit's response."""
+    """whoami with and without limits, in the demo app and in the floor app."""
     app, floor = apps
     found = await bench.rounds(
         [
@@ -106,7 +101,6 @@ async def _rps(s: Section, bench: Bench, apps: list[Server], keys: Keys) -> None
         f"{plain:,.0f} key without; floor {floor_limited:,.0f} / {floor_plain:,.0f}",
         judged("≥ 0.95x", kept >= 0.95, note),
     )
-    s.data["rps"] = found.rps
 
 
 async def _totals(servers: list[Server]) -> dict[str, float]:
@@ -116,12 +110,6 @@ async def _totals(servers: list[Server]) -> dict[str, float]:
 
 def _spread(key: str, apps: list[Server]) -> Callable[[int], Request]:
     return lambda i: get(apps[i % len(apps)].url + WHOAMI, key)
-
-
-def _per_window(stream: Stream) -> list[int]:
-    """Requests accepted in each window, by the time they were sent."""
-    counts = Counter(int(a.sent // WINDOW) for a in stream.answers if a.status == 200)
-    return [counts[w] for w in sorted(counts)]
 
 
 async def _across(s: Section, quick: bool, servers: list[Server], keys: Keys) -> None:
@@ -155,7 +143,10 @@ async def _across(s: Section, quick: bool, servers: list[Server], keys: Keys) ->
         open_loop(_spread(keys["one"], servers[:1]), demand, span),
     )
     for stream, where in ((even, "spread over 3 apps"), (one, "all on one app")):
-        accepted = _per_window(stream)
+        # Requests accepted in each window, by the time they were sent.
+        sent = (a.sent for a in stream.answers if a.status == 200)
+        counts = Counter(int(t // WINDOW) for t in sent)
+        accepted = [counts[w] for w in sorted(counts)]
         ok = bool(accepted) and all(0.8 * LIMIT <= n <= LIMIT for n in accepted)
         s.add(
             f"accepted per {WINDOW} s window, L = {LIMIT}, demand 2L {where}",
@@ -163,4 +154,3 @@ async def _across(s: Section, quick: bool, servers: list[Server], keys: Keys) ->
             f"L = {LIMIT}",
             judged("0.8L..L", ok),
         )
-    s.data |= {"steady": steady.statuses, "delta": d}

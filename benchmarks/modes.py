@@ -8,7 +8,6 @@ import gc
 import os
 import time
 import tracemalloc
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from functools import partial
@@ -16,7 +15,7 @@ from functools import partial
 from benchmarks import rawhttp
 from benchmarks.harness import Bench
 from benchmarks.procs import BenchmarkError, Servers, on_cpu, sync_client
-from benchmarks.report import Call, Section, judged, per_call_us, percentile
+from benchmarks.report import Call, Section, add_warm_checks, judged, ms, per_call_us
 from keystore import ApiKeyStore, Settings
 from keystore.keys import hash_key, new_key, new_key_id
 from keystore.models import ApiKey
@@ -53,9 +52,7 @@ async def run(bench: Bench) -> Section:
         ready: dict[str, tuple[float, float]] = {}
         for mode in MODES:
             since = time.monotonic()
-            app = bench.serve(
-                mode, "api.main:app", "/readyz", **env, KEYSTORE_SYNC=mode
-            )
+            app = bench.serve(mode, ready="/readyz", **env, KEYSTORE_SYNC=mode)
             servers[mode] = server = await stack.enter_async_context(app)
             ready[mode] = time.monotonic() - since, await _reads(server.url)
         s.add(
@@ -110,13 +107,7 @@ async def _in_process(
             stack.push_async_callback(store.aclose)
             await store.verify(keys[0])
             calls[mode] = partial(store.verify, keys[0])
-        us = await per_call_us(calls, keys[0], quick)
-    s.add(
-        "µs per warm check (`verify`), in process",
-        *(f"{us[m]:.2f}" for m in MODES),
-        f"{us['set']:.2f} set lookup",
-        judged("≤ 5", all(us[m] <= 5 for m in MODES)),
-    )
+        add_warm_checks(s, await per_call_us(calls, quick), MODES)
     held = keys[: 100 if quick else 1000]
     per_key = [await _bytes_per_key(settings, mode, held) for mode in MODES]
     s.add(
@@ -125,7 +116,6 @@ async def _in_process(
         "ttl's, per key in use",
         "(info: ttl holds only keys in use)",
     )
-    s.data |= {"us": us, "bytes_per_key": per_key}
 
 
 async def _bytes_per_key(settings: Settings, mode: str, keys: list[str]) -> float:
@@ -162,11 +152,6 @@ async def _reads(url: str) -> float:
     return sum(n for name, n in found if name.startswith(READS))
 
 
-def _p99_max(answers: Iterable[rawhttp.Answer]) -> str:
-    ordered = sorted(a.seconds for a in answers)
-    return f"{percentile(ordered, 99) * 1e3:.1f} / {percentile(ordered, 100) * 1e3:.1f}"
-
-
 async def _changes(
     s: Section, bench: Bench, settings: Settings, servers: Servers, keys: Keys
 ) -> None:
@@ -194,10 +179,10 @@ async def _changes(
         await asyncio.to_thread(batch.commit)
     interval = settings.cache_ttl  # the reload interval too
 
-    def refused(mode: str, key: str) -> asyncio.Future[float | None]:
+    def refused(mode: str, key: str) -> asyncio.Future[float]:
         pause, deadline = (0.05 if mode == "listen" else 0.2), written + interval + 20
         asked = rawhttp.get(whoami[mode], key)
-        polled = rawhttp.until_status(asked, 401, written, pause, deadline)
+        polled = rawhttp.until_refused(asked, written, pause, deadline)
         return asyncio.ensure_future(polled)
 
     polls = {mode: [refused(mode, key) for _, key in revoked] for mode in MODES}
@@ -209,10 +194,7 @@ async def _changes(
     await asyncio.gather(*(rawhttp.open_loop(st, VALID_RATE, window) for st in streams))
     window = time.monotonic() - started
     reads = {mode: await _reads(servers[mode].url) - before[mode] for mode in MODES}
-    times = {
-        m: sorted(t or float("inf") for t in await asyncio.gather(*polls[m]))
-        for m in MODES
-    }
+    times = {m: sorted(await asyncio.gather(*polls[m])) for m in MODES}
     ok = times["listen"][-1] <= 2 and all(
         times[m][-1] <= interval + 1 for m in ("ttl", "reload")
     )
@@ -227,8 +209,8 @@ async def _changes(
         "listen: a valid key's p99 / max ms while the change is read",
         "",
         "",
-        _p99_max(a for a in answers if a.sent >= written_at),
-        f"{_p99_max(a for a in answers if a.sent < written_at)} the 2 s before",
+        ms((a for a in answers if a.sent >= written_at), 99, 100),
+        f"{ms((a for a in answers if a.sent < written_at), 99, 100)} the 2 s before",
         "(info)",
     )
     # In ttl each revoked key is read once more, when its row's TTL runs out:
@@ -241,7 +223,6 @@ async def _changes(
         f"{len(keys) * 3600 / interval:,.0f} reload",
         judged("listen 0", reads["listen"] == 0),
     )
-    s.data |= {"revocation_s": times, "reads_in_window": reads, "window_s": window}
 
 
 async def _stalls(s: Section, seconds: float, servers: Servers, key: str) -> None:
@@ -251,13 +232,11 @@ async def _stalls(s: Section, seconds: float, servers: Servers, key: str) -> Non
         url = server.url + "/v1/whoami"
         asked = rawhttp.in_turn(url, [key])
         alone.append(await rawhttp.open_loop(asked, CACHED_RATE, seconds))
-        measured = rawhttp.open_loop(asked, CACHED_RATE, seconds)
-        stream, _ = await rawhttp.beside_unknown(
-            url, UNKNOWN_RATE, seconds + 1, measured
-        )
+        loop = rawhttp.open_loop(asked, CACHED_RATE, seconds)
+        stream, _ = await rawhttp.beside_unknown(url, UNKNOWN_RATE, seconds + 1, loop)
         busy.append(stream)
     for label, streams, baseline in (
         (f"cached-key p99 / max ms at {CACHED_RATE:g} req/s, alone", alone, "-"),
         (f"same, while {UNKNOWN_RATE:g} unknown keys/s arrive", busy, "the row above"),
     ):
-        s.add(label, *(_p99_max(st.answers) for st in streams), baseline, "(info)")
+        s.add(label, *(ms(st.answers, 99, 100) for st in streams), baseline, "(info)")

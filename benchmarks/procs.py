@@ -1,8 +1,6 @@
 """Child processes (uvicorn servers, wrk, the Firestore emulator) and CPU pinning.
-
-Every child gets its own session (process group), so a Ctrl-C in the terminal
-reaches only the harness, which then ends each child's group itself.
-"""
+Each child gets its own session (process group), so that a Ctrl-C in the
+terminal reaches only the harness, which then ends each child's group itself."""
 
 import json
 import os
@@ -65,7 +63,6 @@ def on_cpu(cpu: int | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Server:
-    name: str
     url: str
     pid: int
 
@@ -74,11 +71,9 @@ Servers = dict[str, Server]  # by app or mode
 
 
 class Children:
-    """Every process the harness starts, so that all are ended on any exit.
-
-    Each runs in the work folder with the checkout on its path: the demo app
-    reads a .env file where it runs, and a developer's must not count.
-    """
+    """Every process the harness starts, so that all are ended on any exit. Each
+    runs in the work folder with the checkout on its path: the demo app reads a
+    .env file where it runs, and a developer's must not count."""
 
     def __init__(self, work: Path) -> None:
         self._work, self._procs = work, list[Proc]()
@@ -90,10 +85,9 @@ class Children:
         cpu: int | None,
         out: int | IO[bytes],
     ) -> Proc:
-        env = {**env, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
             argv,
-            env=env,
+            env={**env, "PYTHONPATH": str(ROOT)},
             cwd=self._work,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -104,14 +98,14 @@ class Children:
             pin_tree(proc.pid, {cpu})  # before it starts threads of its own
         return proc
 
-    def stop(self, proc: Proc, grace: float = 10.0) -> None:
+    def stop(self, proc: Proc) -> None:
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
             try:
-                proc.wait(grace)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
-                proc.wait(grace)
+                proc.wait(10)
         # A child's own children may outlive it in its group; end them too.
         _signal_group(proc, signal.SIGKILL)
         if proc in self._procs:

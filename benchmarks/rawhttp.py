@@ -1,7 +1,6 @@
 """HTTP/1.1 on raw asyncio streams: fixed-rate streams (open loops) and what they
-ask, polls, one-off requests, and wrk's fallback. Not httpx: it costs about
-1.5 ms of CPU a request, which on the loaders' CPU would slow wrk down and show
-up as server latency."""
+ask, polls, one-off requests. Not httpx: it costs about 1.5 ms of CPU a request,
+which on the loaders' CPU would slow wrk down and show up as server latency."""
 
 import asyncio
 import time
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from benchmarks.report import percentile
 from keystore.keys import new_key
 
 ERRORS = (OSError, ValueError, IndexError, asyncio.IncompleteReadError)
@@ -31,9 +29,8 @@ class Request:
 
 def get(url: str, key: str | None = None, tag: str = "") -> Request:
     """GET ``url``, with ``key`` in the API-key header if given."""
-    parts = urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
+    parts = urlsplit(url)  # every URL here has a path and no query
+    lines = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{HEADER}: {key}"] if key else []
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
     return Request((parts.hostname or "127.0.0.1", parts.port or 80), raw, tag)
@@ -52,8 +49,7 @@ class Answer:
 
 
 class Connection:
-    """One keep-alive connection, to the server of its first request; reconnects
-    once if the server had closed it."""
+    """A keep-alive connection to the server of its first request."""
 
     def __init__(self) -> None:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -162,52 +158,20 @@ async def beside_unknown(
     """``measured``, begun 0.5 s into ``seconds`` of GET ``url`` at ``rate``, each
     with a new well-formed key that no cache can answer (in ttl mode, a Firestore
     read each), so that the stream runs before and after it; and the stream."""
-
-    def make(i: int) -> Request:
-        return get(url, new_key("ks"))
-
-    misses = asyncio.ensure_future(open_loop(make, rate, seconds))
+    unknown = open_loop(lambda i: get(url, new_key("ks")), rate, seconds)
+    misses = asyncio.ensure_future(unknown)
     await asyncio.sleep(0.5)
     return await measured, await misses
 
 
-async def closed_loop(
-    req: Request, seconds: float, conns: int, pause_ms: float
-) -> dict[str, float]:
-    """wrk's fallback: each connection sends its next request once answered
-    (after ``pause_ms``); the figures wrk_report.lua prints, in µs."""
-    latencies: list[float] = []
-    start = time.perf_counter()
-
-    async def worker() -> int:
-        errors = 0
-        with closing(Connection()) as conn:
-            while time.perf_counter() < start + seconds:
-                await asyncio.sleep(pause_ms / 1e3)
-                answer = await conn.send(req)
-                latencies.append(answer.seconds * 1e6)
-                errors += not 200 <= answer.status < 400
-        return errors
-
-    # Bounded, even if the server stops answering mid-request.
-    workers = asyncio.gather(*(worker() for _ in range(conns)))
-    errors = sum(await asyncio.wait_for(workers, seconds + 10))
-    return {
-        "requests": len(latencies),
-        "duration_us": (time.perf_counter() - start) * 1e6,
-        "p99_us": percentile(sorted(latencies), 99),
-        "errors": errors,
-    }
-
-
-async def until_status(
-    req: Request, want: int, since: float, pause: float, deadline: float
-) -> float | None:
-    """Seconds from ``since`` (time.monotonic) to the first answer ``want``,
-    asking every ``pause`` s; None if ``deadline`` passes first."""
+async def until_refused(
+    req: Request, since: float, pause: float, deadline: float
+) -> float:
+    """Seconds from ``since`` (time.monotonic) to the first 401, asking every
+    ``pause`` s; infinite if ``deadline`` passes first."""
     with closing(Connection()) as conn:
         while time.monotonic() < deadline:
-            if (await conn.send(req)).status == want:
+            if (await conn.send(req)).status == 401:
                 return time.monotonic() - since
             await asyncio.sleep(pause)
-    return None
+    return float("inf")

@@ -3,22 +3,23 @@ Markdown table per suite, each figure beside its same-run baseline and its
 target, the verdict in the target's cell."""
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from benchmarks.rawhttp import Answer
+from keystore.keys import new_key
 
 Call = Callable[[], Awaitable[object]]
 
 
 @dataclass
 class Section:
-    """A suite's table, its notes, and the figures behind it (for the JSON)."""
+    """A suite's table and its notes."""
 
     name: str
     header: tuple[str, ...]
     rows: list[tuple[str, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
     #: Checks that failed (the soak's): the run exits 1.
     failures: list[str] = field(default_factory=list)
 
@@ -49,15 +50,28 @@ def percentile(ordered: Sequence[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-async def per_call_us(
-    calls: Mapping[str, Call], key: str, quick: bool
-) -> dict[str, float]:
-    """µs per awaited call, best of 7 loops of 50,000 (10,000 if ``quick``), and
-    under "set" the baseline: ``key`` looked up in a Python set.
+def ms(answers: Iterable[Answer], *pcts: float) -> str:
+    """Percentiles (0-100) of the answers' times in ms, joined by " / "."""
+    ordered = sorted(a.seconds for a in answers)
+    return " / ".join(f"{percentile(ordered, p) * 1e3:,.1f}" for p in pcts)
 
-    The rounds take the calls in turn, so that a slow phase of the machine
-    (they last seconds here) costs every call alike rather than one of them.
-    """
+
+def add_warm_checks(s: Section, us: Mapping[str, float], names: Sequence[str]) -> None:
+    """The row of ``per_call_us``'s warm checks of ``names``; the target: 5 µs."""
+    s.add(
+        "µs per warm check (`verify`), in process",
+        *(f"{us[name]:.2f}" for name in names),
+        f"{us['set']:.2f} set lookup",
+        judged("≤ 5", all(us[name] <= 5 for name in names)),
+    )
+
+
+async def per_call_us(calls: Mapping[str, Call], quick: bool) -> dict[str, float]:
+    """µs per awaited call, best of 7 loops of 50,000 (10,000 if ``quick``), and
+    under "set" the baseline: a key looked up in a Python set. The loops take
+    the calls in turn, so that a slow phase of the machine (they last seconds
+    here) costs every call alike rather than one of them."""
+    key = new_key("ks")
 
     async def set_lookup() -> bool:
         return key in {key}

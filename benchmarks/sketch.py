@@ -1,24 +1,24 @@
-"""The sketch: the design as first drawn, the baseline for what unknown keys cost.
-
-A plain synchronous ``google.cloud.firestore.Client`` document get behind
-``cachetools.cached(TTLCache(ttl=60))``, keyed by the plaintext key, called
-straight from the event loop (the sketch's ``async def`` dependency). Rows are
-documents whose id is the key's SHA-256 hex.
-"""
+"""The sketch, the design as first drawn: the baseline for what unknown keys cost.
+A synchronous Firestore document get (the id: the key's SHA-256 hex) behind
+``cachetools.cached(TTLCache(ttl=60))``, keyed by the plaintext key."""
 
 import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 from cachetools import TTLCache, cached
 from google.cloud import firestore
 
 Row = dict[str, Any]
+THREADS = 200
 
 
 class Sketch:
     """One cached lookup and the count of Firestore gets behind it; ``threaded``
-    when it is asked from threads (a ``def`` dependency in FastAPI's pool)."""
+    when it is asked from threads (a ``def`` dependency in FastAPI's pool), not
+    straight from the event loop (the sketch's ``async def`` dependency)."""
 
     def __init__(
         self, client: firestore.Client, collection: str, *, threaded: bool = False
@@ -38,3 +38,21 @@ class Sketch:
         doc_id = hashlib.sha256(key.encode()).hexdigest()
         snapshot = self._collection.document(doc_id).get()
         return (snapshot.to_dict() or {}) if snapshot.exists else None
+
+
+def gets_from_threads(
+    client: firestore.Client, collection: str, keys: list[str]
+) -> int:
+    """A threaded sketch's Firestore gets for ``keys`` asked at once from THREADS
+    threads (its ``def`` dependency in FastAPI's pool): one per key not cached."""
+    sketch = Sketch(client, collection, threaded=True)
+    barrier = threading.Barrier(min(len(keys), THREADS))
+
+    def one(key: str) -> object:
+        with suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+        return sketch.lookup(key)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, keys))
+    return sketch.reads

@@ -1,11 +1,10 @@
-"""Soak: the demo app under mixed load while Firestore dies and comes back.
+"""Soak: one demo app under mixed load while Firestore dies and comes back.
 
-One app (ttl mode; a 5 s TTL, so rows age past it in the outage; usage counts
+The app (ttl mode; a 5 s TTL, so rows age past it in the outage; usage counts
 written only at shutdown, so every use counted in the outage must reach
 Firestore after it) gets valid, revoked and random keys at 200 req/s. A third
 of the way in the emulator is exported and stopped, and started again from the
-export 15 s later. The phase before the outage is the baseline; a failed check
-fails the run.
+export 15 s later. The phase before is the baseline; a failed check fails the run.
 """
 
 import asyncio
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from benchmarks.harness import Bench
 from benchmarks.procs import Server
 from benchmarks.rawhttp import Answer, Request, Stream, get, open_loop
-from benchmarks.report import Section, judged, percentile
+from benchmarks.report import Section, judged, ms
 from keystore import ApiKeyStore, Settings
 from keystore.keys import new_key
 
@@ -32,9 +31,9 @@ MEMORY_GROWTH_MB = 50
 
 @dataclass
 class Soaked:
-    """What the soak saw: the answers; when Firestore went down and was back
-    (time.time); the app's memory every 2 s; once it stopped, its log, and by
-    key id the usage counts in Firestore and the 200s it served."""
+    """The answers; when Firestore went down and was back (time.time); the app's
+    memory every 2 s; once it stopped, its log, and by key id the usage counts in
+    Firestore and the 200s it served."""
 
     seconds: float
     outage: float
@@ -73,7 +72,7 @@ async def run(bench: Bench) -> Section:
     }
     # The loader is not pinned here: pinned beside the emulator, it would stall
     # while the JVM starts again and count that as the app's latency.
-    async with bench.serve("soak", "api.main:app", **env) as server:
+    async with bench.serve("soak", **env) as server:
         keys = {"valid": list(valid.values()), "revoked": [n.key for n in revoked]}
         await _soak(bench, server, keys, soaked)
     # The app has stopped (SIGTERM) and written its usage counts.
@@ -115,10 +114,7 @@ async def _soak(
             soaked.memory_mb.append(int(rss.split()[1]) / 1024)
             await asyncio.sleep(2)
 
-    bench.say(
-        f"soak: {soaked.seconds:g}s at {RATE:g} req/s, "
-        f"Firestore down for {soaked.outage:g}s"
-    )
+    bench.say(f"soak: {soaked.seconds:g} s, Firestore down for {soaked.outage:g} s")
     # Connections enough that the requests an outage holds (unknown keys, up to
     # TIMEOUT each) leave room for the rest; with 32, valid keys queued here,
     # not in the app, for about a second behind them.
@@ -169,8 +165,7 @@ def _section(soaked: Soaked) -> Section:
         return f"{sum(a.status == status for a in group):,} of {len(group):,}"
 
     def latency(phase: str) -> str:
-        ms = sorted(a.seconds * 1e3 for a in by.get((phase, "valid"), []))
-        return " / ".join(f"{percentile(ms, q):,.1f}" for q in (50, 99, 100))
+        return ms(by.get((phase, "valid"), []), 50, 99, 100)
 
     def ok(word: str) -> bool:
         return not any(word in p for p in problems)
@@ -213,7 +208,6 @@ def _section(soaked: Soaked) -> Section:
         f"random keys); Firestore down from {soaked.down - start:.1f} s "
         f"to {soaked.up - start:.1f} s."
     )
-    s.data = {"problems": problems[:50], "memory_mb": memory}
     # Other statuses, requests unanswered, tracebacks: no row, a failure.
     s.failures = sorted(set(problems))[:10]
     if s.failures:
