@@ -4,14 +4,30 @@ check, a lookup in a set: what FastAPI itself allows for a key check here.
 
 import os
 import time
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Response, Security
 from fastapi.security import APIKeyHeader
-
-from api.routes import Health, WhoAmI
+from pydantic import BaseModel
 
 POLICY = (b"ratelimit-policy", b'"key";q=1000000000;w=86400')
+
+
+# Copies of api/routes.py's models: importing them would load keystore and the
+# Google libraries here, whose objects slow this process's garbage collection.
+class Health(BaseModel):
+    status: str
+
+
+class WhoAmI(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None
+    owner: str | None
+    rate_limit: str | None
+    credits: int | None
 
 
 def _whoami(key: str, rate_limit: str | None, credits: int | None) -> WhoAmI:
