@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Response, Security
+from fastapi import APIRouter, FastAPI, HTTPException, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
@@ -66,18 +66,22 @@ def create_app() -> FastAPI:
         response.headers.raw.extend([POLICY, (b"ratelimit", state)])
         return key
 
-    app = FastAPI(title="keystore benchmark floor")
+    # Routes on a router included in the app, as the demo app has them: FastAPI
+    # matches an included router's routes at some cost of its own.
+    router = APIRouter()
 
-    @app.get("/healthz")
+    @router.get("/healthz")
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @app.get("/v1/whoami")
+    @router.get("/v1/whoami")
     async def whoami(key: Annotated[str, Security(current_key)]) -> WhoAmI:
         return _whoami(key, None, None)
 
-    @app.get("/v1/whoami/limited")
+    @router.get("/v1/whoami/limited")
     async def whoami_limited(key: Annotated[str, Security(limited_key)]) -> WhoAmI:
         return _whoami(key, "1000000000/1d", left[0])
 
+    app = FastAPI(title="keystore benchmark floor")
+    app.include_router(router)
     return app
