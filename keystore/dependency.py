@@ -61,7 +61,7 @@ _UNAUTHORIZED = _answer(
         }
     },
 )
-_FORBIDDEN = _answer("The API key lacks a scope this route needs.")
+_FORBIDDEN = _answer("The API key lacks a scope this route needs.", _RATE_HEADERS)
 _LIMITED = _answer(
     "A usage limit refuses: `Rate limit exceeded.` or `Usage credits exhausted.`",
     {
@@ -163,7 +163,10 @@ class ApiKeyAuth(SecurityBase):
             raise unavailable(store.settings.retry_after, busy=busy) from None
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
-                raise HTTPException(403, f"API key lacks the scope '{scope}'.")
+                # Counts against nothing, but tells the limits as they stand.
+                limits = store.limiter.headers(record) if record.has_limits else {}
+                detail = f"API key lacks the scope '{scope}'."
+                raise HTTPException(403, detail, headers=limits or None)
         if not record.has_limits:
             return record
         try:

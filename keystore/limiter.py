@@ -425,7 +425,7 @@ class Limiter:
         # Bytes formatted in place, no helpers: this runs on every response.
         now = self._wall()
         policies, states = [], []
-        for a in record.allowances or ():
+        for a in record.allowances or self._bind(record):
             rate = a.rate
             if rate is None:
                 continue

@@ -34,6 +34,20 @@ async def test_over_the_rate_limit_is_a_429_with_the_draft_headers(
     assert refused.headers["RateLimit"].startswith('"key";r=0;t=')
 
 
+async def test_a_403_to_a_key_with_a_rate_limit_carries_its_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    key = await _key(rate_limit=parse_rate_limit("3/1h"))
+    for _ in range(2):  # a 403 counts against nothing: r stays at the limit
+        r = await client.get("/v1/reports", headers=key)
+        assert r.status_code == 403
+        assert r.headers["RateLimit-Policy"] == '"key";q=3;w=3600'
+        assert r.headers["RateLimit"].startswith('"key";r=3;t=')
+    credits_only = await _key(credits=5)
+    r = await client.get("/v1/reports", headers=credits_only)
+    assert r.status_code == 403 and "RateLimit" not in r.headers
+
+
 async def test_out_of_credits_is_a_429_with_retry_after_the_refill(
     client: httpx.AsyncClient,
 ) -> None:
