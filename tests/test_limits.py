@@ -12,6 +12,7 @@ from keystore.errors import CreditsExhausted, RateLimited, StoreUnavailable
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Timer
 from tests.interceptors import LoseAnswers, Recorder
+from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -178,13 +179,7 @@ async def test_an_operator_adding_credits_by_hand_takes_effect(
     async with ApiKeyStore(settings, timer=timer) as store:
         made = await store.create(name="n", credits=2)
         assert await _spend_all(store, made.key, 4) == 2
-        async with ApiKeyStore(settings) as console:
-            await console.limiter.ledger.change(
-                settings.collection,
-                made.record.id,
-                lambda doc: {"credits": 5},
-                cause="t",
-            )
+        await console_edit(settings, made.record.id, credits=5)
         timer.tick(settings.cache_ttl + 1)  # the row is read again
         assert await _spend_all(store, made.key, 8) == 5
 
@@ -194,12 +189,7 @@ async def test_a_limit_of_the_wrong_type_makes_the_row_invalid(
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n")
-        await store.limiter.ledger.change(
-            settings.collection,
-            made.record.id,
-            lambda doc: {"credits": "lots"},
-            cause="t",
-        )
+        await console_edit(settings, made.record.id, credits="lots")
         broken = await store.get(made.record.id)
         assert isinstance(broken, BrokenRow) and broken.field == "credits"
         with pytest.raises(KeyNotFound):  # fails closed

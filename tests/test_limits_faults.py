@@ -12,6 +12,7 @@ from keystore.limits import parse_refill
 from tests.conftest import Emulator, Timer
 from tests.interceptors import LoseAnswers
 from tests.test_limits import Clock, _row, _spend_all
+from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -93,13 +94,7 @@ async def test_credits_added_by_hand_take_effect_in_about_a_second_when_listenin
                 await asyncio.sleep(0.05)
         made = await store.create(name="n", credits=1)
         assert await _spend_all(store, made.key, 3) == 1
-        async with ApiKeyStore(settings) as console:
-            await console.limiter.ledger.change(
-                settings.collection,
-                made.record.id,
-                lambda doc: {"credits": 4},
-                cause="t",
-            )
+        await console_edit(settings, made.record.id, credits=4)
         async with asyncio.timeout(2):
             while await _try(store, made.key) != "200":
                 await asyncio.sleep(0.05)

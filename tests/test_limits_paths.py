@@ -12,6 +12,7 @@ from keystore.errors import RateLimited
 from keystore.limits import parse_rate_limit
 from tests.conftest import Emulator
 from tests.test_limits import _spend_all
+from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -156,11 +157,6 @@ async def test_an_owner_that_is_not_a_document_id_is_refused(
             with pytest.raises(ValueError):
                 await store.set_owner_limits(owner, credits=1)
         made = await store.create(name="n")
-        await store.limiter.ledger.change(
-            settings.collection,
-            made.record.id,
-            lambda doc: {"owner": "__x__"},
-            cause="t",
-        )
+        await console_edit(settings, made.record.id, owner="__x__")
         broken = await store.get(made.record.id)
         assert isinstance(broken, BrokenRow) and broken.field == "owner"
