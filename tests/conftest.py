@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,9 +215,14 @@ class Server:
 
 @contextmanager
 def running_server(
-    cwd: Path, env: dict[str, str], command: list[str] | None = None
+    cwd: Path,
+    env: dict[str, str],
+    command: list[str] | None = None,
+    *,
+    args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """``uvicorn api.main:app`` (or ``command``, given the port) until SIGTERM."""
+    """``uvicorn api.main:app`` with ``args`` (or ``command``, given the port)
+    until SIGTERM."""
     port = free_port()
     argv = command or [
         sys.executable,
@@ -226,6 +231,7 @@ def running_server(
         "api.main:app",
         "--port",
         "{port}",
+        *args,
     ]
     process = subprocess.Popen(
         [arg.replace("{port}", str(port)) for arg in argv],

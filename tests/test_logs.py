@@ -2,7 +2,6 @@
 
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -121,17 +120,8 @@ def test_configure_logging_routes_everything_through_one_masked_handler(
 def test_no_access_log_stays_off(settings: Settings, tmp_path: Path) -> None:
     """uvicorn --no-access-log (as in the Dockerfile): no line per request,
     though the app routes uvicorn's other loggers through its own handler."""
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "api.main:app",
-        "--port",
-        "{port}",
-        "--no-access-log",
-    ]
     env = {"KEYSTORE_COLLECTION": settings.collection}
-    with running_server(tmp_path, env, command) as server:
+    with running_server(tmp_path, env, args=["--no-access-log"]) as server:
         for _ in range(3):
             assert httpx.get(f"{server.base}/healthz").status_code == 200
     assert "Application startup complete" in server.output
