@@ -78,6 +78,11 @@ _UNAVAILABLE = _answer(
 )
 
 
+def _rated(record: ApiKey) -> bool:
+    """True if ``record`` may have a rate limit: its own, or its owner's."""
+    return record.rate_limit is not None or record.owner is not None
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "APIKey"})
 
@@ -164,7 +169,7 @@ class ApiKeyAuth(SecurityBase):
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
                 # Counts against nothing, but tells the limits as they stand.
-                limits = store.limiter.headers(record) if record.has_limits else {}
+                limits = store.limiter.headers(record) if _rated(record) else {}
                 detail = f"API key lacks the scope '{scope}'."
                 raise HTTPException(403, detail, headers=limits or None)
         if not record.has_limits:
@@ -181,7 +186,7 @@ class ApiKeyAuth(SecurityBase):
             raise _unauthorized(exc.reason) from None
         except StoreUnavailable:
             raise unavailable(store.settings.retry_after) from None
-        if record.rate_limit is not None or record.owner is not None:
+        if _rated(record):
             # New names, added as they are: FastAPI copies them to the answer.
             response.headers.raw.extend(store.limiter.raw_headers(record))
         return record

@@ -422,15 +422,14 @@ class Limiter:
 
     def raw_headers(self, record: ApiKey) -> list[tuple[bytes, bytes]]:
         """``headers`` as ASGI raw headers, to add to a response as they are."""
-        # Bytes formatted in place, no helpers: this runs on every response.
+        # Bytes formatted in place: this runs on every response.
         now = self._wall()
         policies, states = [], []
         for a in record.allowances or self._bind(record):
             rate = a.rate
             if rate is None:
                 continue
-            length = rate.window_seconds
-            start = int(now // length) * length
+            start = rate.window_start(now)
             if a.shared and a.window == start and now >= a.degraded_until:
                 remaining = a.rate_held + a.rate_unclaimed
             elif a.local_window == start:
@@ -438,13 +437,10 @@ class Limiter:
             else:
                 remaining = rate.limit
             policies.append(a.policy)
-            # Seconds to the window's end, rounded up: at least 1.
-            reset = math.ceil(start + length - now)
+            reset = seconds_until(start + rate.window_seconds, now)
             states.append(a.state % (max(0, remaining), reset))
         if not policies:
             return []
-        if len(policies) == 1:
-            return [(b"ratelimit-policy", policies[0]), (b"ratelimit", states[0])]
         return [
             (b"ratelimit-policy", b", ".join(policies)),
             (b"ratelimit", b", ".join(states)),
