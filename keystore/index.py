@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
-from keystore.collection import KeyCollection
 from keystore.errors import InvalidRow, StoreUnavailable
 from keystore.models import ApiKey, parse_row
 from keystore.settings import Settings

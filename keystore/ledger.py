@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core import exceptions as google_errors
 from google.cloud.firestore_v1.types import (
     CommitRequest,
     CommitResponse,
@@ -40,11 +39,12 @@ from google.cloud.firestore_v1.types import (
     Write,
 )
 
-from keystore.connection import Connection
+from keystore._firestore.connection import Connection
+from keystore._firestore.errors import Missing, Refused
+from keystore._firestore.values import decode_fields, encode_fields
 from keystore.errors import StoreUnavailable
 from keystore.limits import RateLimit, Refill
 from keystore.models import parse_limits
-from keystore.values import decode_fields, encode_fields
 
 _REQUEST_TIME = DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 _SIMPLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -339,13 +339,13 @@ class Ledger:
             self._doubts[name] = _Doubt(ask.op, moved)
             try:
                 await self._commit(write, f"lease on {collection}/{doc_id}")
-            except google_errors.FailedPrecondition:
+            except Missing:
+                self._doubts.pop(name, None)
+                return Grant(None, None, False, missing=True)
+            except Refused:
                 self._doubts.pop(name, None)  # refused: it changed nothing
                 await _backoff(attempt)
                 continue
-            except google_errors.NotFound:
-                self._doubts.pop(name, None)
-                return Grant(None, None, False, missing=True)
             self._doubts.pop(name, None)
             self._writes["limits"] += 1
             return _with(grant, adopted)
@@ -388,11 +388,6 @@ class Ledger:
                 retry=None,
                 timeout=connection.attempt_timeout,
                 metadata=connection.metadata,
-            ),
-            expected=(
-                google_errors.FailedPrecondition,
-                google_errors.NotFound,
-                google_errors.Conflict,
             ),
             # Not retried blindly: a lost answer is resolved by the op id.
             retry=False,
@@ -440,7 +435,7 @@ class Ledger:
             try:
                 # Sets, not increments: sending them again changes nothing more.
                 at = await self._commit(write, f"limits of {collection}/{doc_id}")
-            except (google_errors.FailedPrecondition, google_errors.Conflict):
+            except Refused:
                 await _backoff(attempt)
                 continue
             self._writes[cause] += 1

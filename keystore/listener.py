@@ -14,12 +14,12 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+from keystore._firestore.documents import KeyCollection, collection_query
+from keystore._firestore.listen import ListenStream
+from keystore._firestore.listen_result import Change
 from keystore.background import Background
-from keystore.collection import KeyCollection, collection_query
 from keystore.index import IndexSource
-from keystore.result import Change
 from keystore.settings import Settings
-from keystore.watch import ListenStream
 
 logger = logging.getLogger(__name__)
 

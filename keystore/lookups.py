@@ -10,7 +10,7 @@ a row memory holds goes at once, and takes along whatever waits.
 
 import asyncio
 
-from keystore.collection import KeyCollection, Row
+from keystore._firestore.documents import KeyCollection, Row
 
 #: Firestore's limit on documents per BatchGetDocuments is far above this; a
 #: batch this size costs about a tenth of the calls it replaces.

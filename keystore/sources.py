@@ -14,9 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
 from keystore.cache import KeyCache
-from keystore.collection import KeyCollection
 from keystore.errors import StoreBusy
 from keystore.index import ReloadSource, read_row
 from keystore.listener import ListenSource

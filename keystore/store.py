@@ -16,11 +16,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
-
+from keystore._firestore.connection import Connection, Interceptor
+from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
-from keystore.collection import KeyCollection
-from keystore.connection import Connection
 from keystore.errors import (
     ConfigError,
     InvalidRow,
@@ -79,7 +77,7 @@ class ApiKeyStore:
         *,
         timer: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = utcnow,
-        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.settings = settings
         self._clock = clock

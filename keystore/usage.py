@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from keystore.collection import KeyCollection
-from keystore.commits import new_write_id
+from keystore._firestore.commits import new_write_id
+from keystore._firestore.documents import KeyCollection
 from keystore.errors import KeyNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)

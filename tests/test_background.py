@@ -9,9 +9,9 @@ import pytest
 
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, get_store, reset_store
+from keystore._firestore.listen_result import ListenedResult
 from keystore.background import Background
 from keystore.index import IndexSource
-from keystore.result import ListenedResult
 from keystore.usage import UsageCounter
 from tests.conftest import serve
 

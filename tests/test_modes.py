@@ -19,8 +19,8 @@ from keystore import (
     Settings,
     StoreUnavailable,
 )
-from keystore.collection import KeyCollection
-from keystore.connection import Connection
+from keystore._firestore.connection import Connection
+from keystore._firestore.documents import KeyCollection
 from keystore.index import IndexSource, ReloadSource
 from keystore.keys import new_key
 from keystore.settings import SyncMode

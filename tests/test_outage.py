@@ -7,8 +7,8 @@ import pytest
 
 from api.main import create_app
 from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_store
-from keystore.collection import KeyCollection
-from keystore.connection import Connection
+from keystore._firestore.connection import Connection
+from keystore._firestore.documents import KeyCollection
 from keystore.keys import new_key
 from keystore.listener import ListenSource
 from keystore.sources import TtlSource

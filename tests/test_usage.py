@@ -11,8 +11,8 @@ import pytest
 from google.cloud import firestore
 
 from keystore import ApiKeyStore, KeyNotFound, Settings
-from keystore.collection import KeyCollection
-from keystore.connection import Connection
+from keystore._firestore.connection import Connection
+from keystore._firestore.documents import KeyCollection
 from keystore.usage import UsageCounter, day_name
 from tests.conftest import Emulator, running_server
 

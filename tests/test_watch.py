@@ -11,10 +11,10 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.types import Document, Value
 
 from keystore import Settings
-from keystore.collection import collection_query
-from keystore.connection import Connection
-from keystore.result import Change, ListenedResult
-from keystore.watch import ListenStream
+from keystore._firestore.connection import Connection
+from keystore._firestore.documents import collection_query
+from keystore._firestore.listen import ListenStream
+from keystore._firestore.listen_result import Change, ListenedResult
 
 Snapshot = tuple[list[Change], int]
 

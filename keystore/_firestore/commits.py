@@ -19,20 +19,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from google.api_core import exceptions as google_errors
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.types import (
     CommitRequest,
     CommitResponse,
     Document,
-    GetDocumentRequest,
     Precondition,
     Write,
 )
 
-from keystore.connection import Connection
+from keystore._firestore.connection import Connection
+from keystore._firestore.errors import Refused
+from keystore._firestore.values import encode_fields
 from keystore.times import utcnow
-from keystore.values import encode_fields
 
 #: How long a marker is kept (by a TTL policy the operator sets up).
 MARKER_LIFETIME = timedelta(days=7)
@@ -75,13 +74,11 @@ class Commits:
         self._markers = markers
         self._reads = reads
 
-    async def send(
-        self, commit: Commit, *, expected: tuple[type[Exception], ...] = ()
-    ) -> int:
+    async def send(self, commit: Commit, *, insist: bool = False) -> int:
         """Commit ``commit``, or find that it landed already; its commit time (ns).
 
-        ``expected`` errors are raised as they are (NotFound for an update of
-        a row that is gone, Conflict for a create of a row that exists).
+        Refused if it was refused and had not landed (Missing: an update of a
+        row that is gone; Refused: a create of a row that exists).
         """
         connection = self._connection
 
@@ -99,35 +96,15 @@ class Commits:
                 metadata=connection.metadata,
             )
 
-        refusals: tuple[type[Exception], ...] = (google_errors.Conflict, *expected)
         try:
-            answer = await connection.call(commit.what, send, expected=refusals)
-        except refusals:
+            answer = await connection.call(commit.what, send, insist=insist)
+        except Refused:
             # A precondition failed: a repeat of a commit that landed fails one
             # (its marker's, or another's first: a delete's row is gone).
             marker = connection.path(self._markers, commit.write_id)
-            landed = await self._landed(marker, commit.what)
-            if landed is None:
-                raise
-            return landed
-        return int(CommitResponse.pb(answer).commit_time.ToNanoseconds())
-
-    async def _landed(self, marker: str, what: str) -> int | None:
-        """The commit time of the commit that made ``marker``; None if none did."""
-        connection = self._connection
-        try:
-            document = await connection.call(
-                what,
-                lambda client: client.get_document(
-                    request=GetDocumentRequest(name=marker),
-                    retry=None,
-                    timeout=connection.attempt_timeout,
-                    metadata=connection.metadata,
-                ),
-                expected=(google_errors.NotFound,),
-            )
-        except google_errors.NotFound:
-            return None
-        finally:
+            document = await connection.get_document(marker, commit.what, insist=insist)
             self._reads["marker"] += 1
-        return int(Document.pb(document).create_time.ToNanoseconds())
+            if document is None:
+                raise
+            return int(Document.pb(document).create_time.ToNanoseconds())
+        return int(CommitResponse.pb(answer).commit_time.ToNanoseconds())

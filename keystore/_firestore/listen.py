@@ -40,9 +40,9 @@ from google.cloud.firestore_v1.types import (
     TargetChange,
 )
 
+from keystore._firestore.connection import Connection
+from keystore._firestore.listen_result import Change, ListenedResult
 from keystore.background import Background
-from keystore.connection import Connection
-from keystore.result import Change, ListenedResult
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from google.api_core import exceptions as google_errors
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.types import (
     BatchGetDocumentsRequest,
@@ -26,11 +25,12 @@ from google.cloud.firestore_v1.types import (
     Write,
 )
 
-from keystore.commits import Commit, Commits
-from keystore.connection import Connection
+from keystore._firestore.commits import Commit, Commits
+from keystore._firestore.connection import Connection
+from keystore._firestore.errors import Missing, Refused
+from keystore._firestore.values import decode_fields, encode_fields
 from keystore.errors import KeyNotFound
 from keystore.models import is_document_id
-from keystore.values import decode_fields, encode_fields
 
 Row = dict[str, Any]
 
@@ -210,11 +210,9 @@ class KeyCollection:
         await self.connection.ensure_open()
         try:
             at = await self._commit(
-                f"create of key {key_id}",
-                [self._create(key_id, row)],
-                expected=(google_errors.Conflict,),
+                f"create of key {key_id}", [self._create(key_id, row)]
             )
-        except google_errors.Conflict:
+        except Refused:
             return None
         self.writes[cause] += 2  # the row and the marker
         return at
@@ -232,10 +230,8 @@ class KeyCollection:
         writes += [self._update(key_id, fields) for key_id, fields in updates.items()]
         names = ", ".join([*creates, *updates])
         try:
-            at = await self._commit(
-                f"write of key {names}", writes, expected=(google_errors.NotFound,)
-            )
-        except google_errors.NotFound:
+            at = await self._commit(f"write of key {names}", writes)
+        except Missing:
             raise _not_found(next(iter(updates))) from None
         self.writes[cause] += len(creates) + len(updates) + 1  # and the marker
         return at
@@ -247,16 +243,21 @@ class KeyCollection:
         )
         await self.connection.ensure_open()
         try:
-            at = await self._commit(
-                f"delete of key {key_id}", [write], expected=(google_errors.NotFound,)
-            )
-        except google_errors.NotFound:
+            at = await self._commit(f"delete of key {key_id}", [write])
+        except Missing:
             raise _not_found(key_id) from None
         self.writes[cause] += 2  # the delete and the marker
         return at
 
     async def add_usage(
-        self, key_id: str, day: str, count: int, credits: int = 0, *, write_id: str
+        self,
+        key_id: str,
+        day: str,
+        count: int,
+        credits: int = 0,
+        *,
+        write_id: str,
+        insist: bool = False,
     ) -> None:
         """Add ``count`` uses and ``credits`` spent on ``day`` to a row and its
         day document, atomically.
@@ -292,19 +293,13 @@ class KeyCollection:
         )
         commit = Commit([row, day_document], f"usage write of key {key_id}", write_id)
         try:
-            await self._commits.send(commit, expected=(google_errors.NotFound,))
-        except google_errors.NotFound:
+            await self._commits.send(commit, insist=insist)
+        except Missing:
             raise _not_found(key_id) from None
         self.writes["usage"] += 3  # the row, the day and the marker
 
-    async def _commit(
-        self,
-        what: str,
-        writes: list[Write],
-        *,
-        expected: tuple[type[Exception], ...],
-    ) -> int:
-        return await self._commits.send(Commit(writes, what), expected=expected)
+    async def _commit(self, what: str, writes: list[Write]) -> int:
+        return await self._commits.send(Commit(writes, what))
 
     def _create(self, key_id: str, row: Row) -> Write:
         return Write(

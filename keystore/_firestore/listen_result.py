@@ -9,7 +9,7 @@ every write) costs a comparison, not a decode.
 from dataclasses import dataclass, field
 from typing import Any
 
-from keystore.values import decode_fields
+from keystore._firestore.values import decode_fields
 
 Change = tuple[str, dict[str, Any] | None]
 

@@ -31,12 +31,17 @@ from google.cloud.firestore_v1.services.firestore.transports import (
 )
 from google.cloud.firestore_v1.types import GetDocumentRequest
 
+from keystore._firestore.errors import Missing, Refused
 from keystore.errors import ConfigError, StoreUnavailable
 from keystore.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A ``grpc.aio.ClientInterceptor``: tracing, or the tests' fault injection
+#: (grpc ships no type hints, so it is Any to mypy either way).
+Interceptor = Any
 
 #: The emulator's project when none is set, as the SDK names it (so that the
 #: SDK's own clients, and the emulator's console, see the same rows).
@@ -87,7 +92,7 @@ class Connection:
         settings: Settings,
         *,
         timer: Callable[[], float] = time.monotonic,
-        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.settings = settings
         self._timer = timer
@@ -156,7 +161,7 @@ class Connection:
             await asyncio.sleep(_CLOSE_DRAIN)
             self.channels_closed += 1
 
-    async def get_document(self, name: str, what: str) -> Any:
+    async def get_document(self, name: str, what: str, *, insist: bool = False) -> Any:
         """The document at ``name``, or None if there is none: one read."""
 
         async def read(client: FirestoreAsyncClient) -> Any:
@@ -170,23 +175,25 @@ class Connection:
             except google_errors.NotFound:
                 return None
 
-        return await self.call(what, read)
+        return await self.call(what, read, insist=insist)
 
     async def call(
         self,
         what: str,
         call: Callable[[FirestoreAsyncClient], Awaitable[T]],
         *,
-        expected: tuple[type[Exception], ...] = (),
         timeout: float | None = None,
         retry: bool = True,
+        insist: bool = False,
     ) -> T:
         """``call(client)`` within the deadline, retried while that is safe.
 
-        ``expected`` errors are raised as they are; any other failure is
-        StoreUnavailable, and pauses every call for ``retry_after`` seconds.
+        A write Firestore refused is Refused (Missing for a document it needs
+        that does not exist): it changed nothing. Any other failure is
+        StoreUnavailable, and pauses every call for ``retry_after`` seconds;
+        ``insist`` sends the call during that pause (a shutdown's last writes).
         """
-        if self.is_unavailable:
+        if self.is_unavailable and not insist:
             raise StoreUnavailable("Firestore is unavailable; retrying shortly.")
 
         async def attempt() -> T:
@@ -204,8 +211,14 @@ class Connection:
                     raise google_errors.Cancelled(  # type: ignore[no-untyped-call]
                         "The call was cancelled."
                     ) from exc
-        except expected:
-            raise
+        except google_errors.NotFound as exc:
+            self._answered()
+            raise Missing(f"Firestore found no document for the {what}.") from exc
+        # ABORTED and ALREADY_EXISTS are Conflicts; a conflict, like a failed
+        # precondition, is an answer: the write did not happen.
+        except (google_errors.FailedPrecondition, google_errors.Conflict) as exc:
+            self._answered()
+            raise Refused(f"Firestore refused the {what}.") from exc
         # Anything else from Google, the network or the credentials means
         # Firestore gave no usable answer; callers see one error for all of it.
         except (
@@ -217,11 +230,14 @@ class Connection:
         ) as exc:
             self._failed(what, exc)
             raise StoreUnavailable(f"Firestore did not answer the {what}.") from exc
+        self._answered()
+        return result
+
+    def _answered(self) -> None:
         self._unavailable_until = float("-inf")
         if self.is_degraded:
             logger.warning("Firestore answers again.")
             self.is_degraded = False
-        return result
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._unavailable_until = self._timer() + self.settings.retry_after
