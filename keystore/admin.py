@@ -1,7 +1,8 @@
 """The admin API: manage keys over HTTP, under ``/admin/keys``.
 
 Every route needs a key with the scope ``admin``. A caller can only hand out
-scopes it holds itself, so an admin key cannot mint a key stronger than its own.
+scopes it holds itself, and no more than its limits hold (grants.py), so an
+admin key cannot mint a key stronger than its own.
 Responses never carry a hash; a plaintext key appears only in the answers to
 create and rotate. Each action logs one line naming the actor and the target.
 """
@@ -16,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from keystore.dependency import ApiKeyAuth, ErrorOut, unavailable
-from keystore.errors import InvalidRow, KeyNotFound, StoreUnavailable
+from keystore.errors import (
+    InsufficientCredits,
+    InvalidRow,
+    KeyNotFound,
+    StoreUnavailable,
+)
 from keystore.fields import (
     Credits,
     GraceSeconds,
@@ -27,7 +33,8 @@ from keystore.fields import (
     Scopes,
     Timestamp,
 )
-from keystore.limits import RateLimit, Refill, parse_rate_limit, parse_refill
+from keystore.grants import Grantor, Refusal, check_create, check_rotate, check_update
+from keystore.limits import parse_rate_limit, parse_refill
 from keystore.models import ApiKey, BrokenRow, NewKey
 from keystore.store import ApiKeyStore, get_store
 
@@ -184,37 +191,17 @@ def _parsed_limits(changes: dict[str, object]) -> dict[str, object]:
     return limits
 
 
-def _require_within(actor: ApiKey, limits: dict[str, object], *, new: bool) -> None:
-    """A limited caller cannot hand out more than it has itself."""
+async def _grantor(store: ApiKeyStore, actor: ApiKey) -> Grantor:
+    """The caller and what bounds it (its owner's credits: one read)."""
+    owner_has_credits = False
+    if actor.owner is not None:
+        view = await _found(store.owner_limits(actor.owner))
+        owner_has_credits = view is not None and view.credits is not None
+    return Grantor(actor, owner_has_credits=owner_has_credits)
 
-    def refuse(what: str) -> HTTPException:
-        return HTTPException(
-            403, f"Cannot grant {what}: the calling key has a stricter limit."
-        )
 
-    if actor.rate_limit is not None and ("rate_limit" in limits or new):
-        rate = limits.get("rate_limit")
-        if not isinstance(rate, RateLimit):
-            raise refuse("a key without a rate limit")
-        if rate.per_second > actor.rate_limit.per_second:
-            raise refuse(f"the rate limit {rate}")
-    if actor.has_credit_limit:
-        if new and limits.get("credits") is None and limits.get("refill") is None:
-            raise refuse("a key without credits")
-        if "credits" in limits:
-            credits = limits["credits"]
-            if credits is None:
-                raise refuse("a key without credits")
-            if actor.credits is not None and int(str(credits)) > actor.credits:
-                raise refuse(f"{credits} credits")
-        if "refill" in limits:
-            refill = limits["refill"]
-            if not isinstance(refill, Refill) and refill is not None:
-                raise refuse("this refill")
-            if isinstance(refill, Refill) and (
-                actor.refill is None or refill.per_second() > actor.refill.per_second()
-            ):
-                raise refuse(f"the refill {refill}")
+def _refused(refusal: Refusal) -> HTTPException:
+    return HTTPException(403, str(refusal))
 
 
 def _audit(action: str, actor: ApiKey, target: str) -> None:
@@ -267,13 +254,18 @@ def build_admin_router(
         """Make a key; the response holds the plaintext key, shown this once."""
         _require_held(actor, body.scopes)
         limits = _parsed_limits(body.model_dump())
-        _require_within(actor, limits, new=True)
+        grantor = await _grantor(store, actor)
+        try:
+            owner = check_create(grantor, body.owner, limits)
+        except Refusal as refusal:
+            raise _refused(refusal) from None
         made = await _found(
             store.create(
                 name=body.name,
                 scopes=body.scopes,
                 expires_at=body.expires_at,
-                owner=body.owner,
+                owner=owner,
+                funded_by=actor if grantor.pays_credits else None,
                 **limits,  # type: ignore[arg-type]
             )
         )
@@ -311,12 +303,16 @@ def build_admin_router(
         if changes.get("scopes") is not None:
             _require_held(actor, changes["scopes"])
         limits = _parsed_limits(changes)
-        _require_within(actor, limits, new=False)
         for name in LIMIT_FIELDS:
             changes.pop(name, None)
-        record = await _found(store.update(key_id, **changes))
-        if limits:
-            record = await _found(store.set_limits(key_id, **limits))
+        if actor.has_limits:
+            target = await _found(store.get(key_id))
+            if isinstance(target, ApiKey):
+                try:
+                    check_update(await _grantor(store, actor), target, changes, limits)
+                except Refusal as refusal:
+                    raise _refused(refusal) from None
+        record = await _found(store.update(key_id, limits=limits, **changes))
         _audit("update", actor, key_id)
         return KeyOut.of(record)
 
@@ -340,8 +336,13 @@ def build_admin_router(
         body = body or KeyRotate()
         old = await _found(store.get(key_id))
         if isinstance(old, ApiKey):
-            # Rotating hands the caller a key with the target's scopes.
+            # Rotating hands the caller a key with the target's scopes, and
+            # its limits: only one it could have made.
             _require_held(actor, old.scopes)
+            try:
+                check_rotate(await _grantor(store, actor), old)
+            except Refusal as refusal:
+                raise _refused(refusal) from None
         made = await _found(
             store.rotate(
                 key_id,
@@ -383,5 +384,7 @@ async def _found(pending: Awaitable[T]) -> T:
         raise HTTPException(404, str(exc)) from None
     except InvalidRow as exc:
         raise HTTPException(409, f"{exc} Fix the row first.") from None
+    except InsufficientCredits as exc:
+        raise HTTPException(403, f"Cannot grant {exc.wanted} credits: {exc}") from None
     except StoreUnavailable:
         raise unavailable(get_store().settings.retry_after) from None

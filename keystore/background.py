@@ -26,6 +26,8 @@ class Background:
         self.name = name
         self._work = work
         self._task: asyncio.Task[None] | None = None
+        #: Set by ``stop(drain=...)``: ``work`` ends at its next chance.
+        self.stopping = asyncio.Event()
         #: Times ``work`` failed unexpectedly and was started again.
         self.restarts = 0
 
@@ -36,13 +38,19 @@ class Background:
     def start(self) -> None:
         """Start the task, unless it runs already."""
         if self._task is None:
+            self.stopping.clear()
             self._task = asyncio.create_task(self._supervise(), name=self.name)
 
-    async def stop(self) -> None:
-        """Cancel the task and wait until it has ended."""
+    async def stop(self, *, drain: float = 0.0) -> None:
+        """End the task and wait until it has ended: cancelled at once, or,
+        with ``drain`` seconds, asked to end (``stopping``) and given that
+        long to finish what it is doing before it is cancelled."""
         task, self._task = self._task, None
         if task is None:
             return
+        if drain:
+            self.stopping.set()
+            await asyncio.wait([task], timeout=drain)
         task.cancel()
         try:
             await task
@@ -61,6 +69,8 @@ class Background:
                 await self._work()
                 return
             except Exception:
+                if self.stopping.is_set():
+                    raise
                 self.restarts += 1
                 if loop.time() - started > _MAX_PAUSE:
                     pause = _FIRST_PAUSE  # it had been working: not a crash loop

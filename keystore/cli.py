@@ -24,7 +24,6 @@ from keystore.keys import (
     new_key,
     parse_key_id,
 )
-from keystore.ledger import LimitView
 from keystore.limits import (
     MAX_AMOUNT,
     RateLimit,
@@ -32,6 +31,7 @@ from keystore.limits import (
     parse_rate_limit,
     parse_refill,
 )
+from keystore.limits.edits import LimitView
 from keystore.models import ApiKey, BrokenRow, NewKey, Usage
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore

@@ -19,6 +19,7 @@ from fastapi.security.base import SecurityBase
 from pydantic import BaseModel
 
 from keystore.errors import KeyRejected, LimitExceeded, StoreBusy, StoreUnavailable
+from keystore.limits.limiter import RateItem
 from keystore.models import ApiKey
 from keystore.settings import Settings
 from keystore.store import get_store
@@ -80,7 +81,32 @@ _UNAVAILABLE = _answer(
 
 def _rated(record: ApiKey) -> bool:
     """True if ``record`` may have a rate limit: its own, or its owner's."""
-    return record.rate_limit is not None or record.owner is not None
+    return (
+        record.rate_limit is not None
+        or record.owner is not None
+        or record.limits_in is not None
+    )
+
+
+def _raw_headers(items: list[RateItem]) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-
+    headers) for ``items``, as ASGI raw headers; none without a rate limit."""
+    if not items:
+        return []
+    # Bytes formatted in place: this runs on every response to a limited key.
+    return [
+        (b"ratelimit-policy", b", ".join([item[0] for item in items])),
+        (b"ratelimit", b", ".join([item[1] % (item[2], item[3]) for item in items])),
+    ]
+
+
+def rate_limit_headers(items: list[RateItem]) -> dict[str, str]:
+    """The RateLimit headers of ``items`` (``store.rate_limits(record)``), as
+    the draft spells their names."""
+    return {_HEADER_NAMES[name]: value.decode() for name, value in _raw_headers(items)}
+
+
+_HEADER_NAMES = {b"ratelimit-policy": "RateLimit-Policy", b"ratelimit": "RateLimit"}
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -169,16 +195,24 @@ class ApiKeyAuth(SecurityBase):
         for scope in security_scopes.scopes:
             if scope not in record.scopes:
                 # Counts against nothing, but tells the limits as they stand.
-                limits = store.limiter.headers(record) if _rated(record) else {}
+                headers = (
+                    rate_limit_headers(store.rate_limits(record))
+                    if _rated(record)
+                    else {}
+                )
                 detail = f"API key lacks the scope '{scope}'."
-                raise HTTPException(403, detail, headers=limits or None)
-        if not record.has_limits:
+                raise HTTPException(403, detail, headers=headers or None)
+        # A request is let through, counted and charged once, by the first
+        # dependency that lets it through (a router's, say); another on the
+        # same request checks only its scopes.
+        passed = request.scope.setdefault("keystore.passed", set())
+        if record.id in passed:
             return record
         try:
-            if not store.limiter.spend_now(record, self.cost):
+            if not store.try_spend(record, self.cost):
                 await store.spend(record, self.cost)
         except LimitExceeded as exc:
-            headers = store.limiter.headers(record)
+            headers = rate_limit_headers(store.rate_limits(record))
             if exc.retry_after is not None:
                 headers["Retry-After"] = str(exc.retry_after)
             raise HTTPException(429, exc.reason, headers=headers) from None
@@ -186,9 +220,10 @@ class ApiKeyAuth(SecurityBase):
             raise _unauthorized(exc.reason) from None
         except StoreUnavailable:
             raise unavailable(store.settings.retry_after) from None
+        passed.add(record.id)
         if _rated(record):
             # New names, added as they are: FastAPI copies them to the answer.
-            response.headers.raw.extend(store.limiter.raw_headers(record))
+            response.headers.raw.extend(_raw_headers(store.rate_limits(record)))
         return record
 
     def document(self, app: FastAPI) -> None:

@@ -11,6 +11,7 @@
     ├── LimitExceeded       a usage limit refuses the request (HTTP 429)
     │   ├── RateLimited     the rate limit's window is used up
     │   └── CreditsExhausted no credits left
+    ├── InsufficientCredits a key cannot give that many credits to a new key
     └── StoreUnavailable    Firestore did not answer within the deadline (HTTP 503)
         └── StoreBusy       too many lookups at once; this one was not sent (503)
 
@@ -66,8 +67,10 @@ class KeyExpired(KeyRejected):
 class InvalidRow(KeyStoreError):
     """A row in the key collection has a field keystore cannot read."""
 
-    def __init__(self, key_id: str, field: str, problem: str) -> None:
-        super().__init__(f"Key row '{key_id}' has a bad field '{field}': {problem}.")
+    def __init__(
+        self, key_id: str, field: str, problem: str, kind: str = "Key row"
+    ) -> None:
+        super().__init__(f"{kind} '{key_id}' has a bad field '{field}': {problem}.")
         self.key_id = key_id
         self.field = field
         self.problem = problem
@@ -105,3 +108,15 @@ class CreditsExhausted(LimitExceeded):
 
     reason = "Usage credits exhausted."
     cause = "credits"
+
+
+class InsufficientCredits(KeyStoreError):
+    """A key was to fund a new key's credits from its own, and holds fewer."""
+
+    def __init__(self, key_id: str, wanted: int) -> None:
+        super().__init__(
+            f"Key '{key_id}' has fewer than {wanted} credits free to give "
+            "(what running processes hold comes back within seconds)."
+        )
+        self.key_id = key_id
+        self.wanted = wanted

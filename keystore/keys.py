@@ -128,3 +128,18 @@ def imported_key_id(key: str) -> str:
     """The document id of an imported key: derived from the key, so that importing
     it again finds the same row. Separate from the stored hash by a label."""
     return hashlib.sha256(b"keystore-import:" + key.encode()).hexdigest()[:ID_LENGTH]
+
+
+def is_document_id(name: str) -> bool:
+    """True if Firestore takes ``name`` as a document id. It answers the others
+    (``__x__``, ``..``) InvalidArgument, which would be taken for an outage."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return (
+        0 < size <= 1500
+        and "/" not in name
+        and name not in (".", "..")
+        and not re.fullmatch(r"__.*__", name, re.DOTALL)
+    )

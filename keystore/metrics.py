@@ -9,9 +9,7 @@ path does no more work for it. The check latency histogram stays keystore's
 own (``Histogram``): a bisect and two additions per check.
 """
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,42 +19,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from keystore.store import ApiKeyStore
-
-#: Check latency buckets, seconds: a warm check takes microseconds, a miss a
-#: Firestore round trip.
-BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
+from keystore.store import ApiKeyStore, get_store
 
 
-class Histogram:
-    """Counts of observations per bucket (not cumulative), and their sum."""
-
-    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(upper bound, observations at or under it), ending with +Inf."""
-        total, found = 0, []
-        for bound, count in zip(self.buckets, self.counts, strict=False):
-            total += count
-            found.append((f"{bound:g}", float(total)))
-        return [*found, ("+Inf", float(self.count))]
-
-
-def _current_store() -> "ApiKeyStore":
-    from keystore.store import get_store
-
+def _current_store() -> ApiKeyStore:
     return get_store()
 
 
@@ -67,7 +33,7 @@ class KeystoreCollector(Collector):
     up at each scrape, so the collector may be registered before it exists).
     """
 
-    def __init__(self, store: Callable[[], "ApiKeyStore"] = _current_store) -> None:
+    def __init__(self, store: Callable[[], ApiKeyStore] = _current_store) -> None:
         self._store = store
 
     def describe(self) -> list[Metric]:

@@ -9,15 +9,15 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keystore.errors import InvalidRow
-from keystore.limits import (
-    MAX_AMOUNT,
-    REFILL_INTERVALS,
-    RateLimit,
-    Refill,
-)
+from keystore.keys import is_document_id
+from keystore.limits.document import read_doc
+from keystore.limits.values import RateLimit, Refill
+
+if TYPE_CHECKING:
+    from keystore.limits.allowance import Allowance
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -43,23 +43,35 @@ class ApiKey:
     owner: str | None = None
     rate_limit: RateLimit | None = None
     #: Credits left, None for no credit limit. As read from the row, this
-    #: counts what processes hold; a route handler sees this process's estimate.
+    #: counts what processes held at their last leases; a route handler sees
+    #: this process's estimate in ``credits_left``.
     credits: int | None = None
     refill: Refill | None = None
+    #: The key was rotated: its limits live in this key's row now.
+    limits_in: str | None = None
+    # The row's credit state, as keystore's leases see it: its epoch, and
+    # whether an operator set ``credits`` by hand since keystore wrote it.
+    credits_epoch: int = field(default=0, repr=False)
+    credits_edited: bool = field(default=False, repr=False)
+    #: True if the key's own row holds limits.
+    has_own_limits: bool = field(default=False, init=False, repr=False, compare=False)
     #: True if any limit (the key's or its owner's) can apply: read per request.
     has_limits: bool = field(default=False, init=False, repr=False, compare=False)
     #: keystore's own: this process's allowances of the key and its owner
-    #: (limiter.py), bound to the record on its first limited request.
-    allowances: Any = field(default=None, init=False, repr=False, compare=False)
+    #: (limits/limiter.py), bound to the record on its first limited request.
+    allowances: "tuple[Allowance, ...] | None" = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        limited = (
-            self.owner is not None
-            or self.rate_limit is not None
+        own = (
+            self.rate_limit is not None
             or self.credits is not None
             or self.refill is not None
+            or self.limits_in is not None
         )
-        object.__setattr__(self, "has_limits", limited)
+        object.__setattr__(self, "has_own_limits", own)
+        object.__setattr__(self, "has_limits", own or self.owner is not None)
 
     @property
     def has_credit_limit(self) -> bool:
@@ -72,8 +84,8 @@ class ApiKey:
         The row's figure until the key's first limited request here; then what
         the last lease found, less what this process spent since."""
         for allowance in self.allowances or ():
-            if allowance.name == "key" and allowance.has_credits:
-                return max(0, int(allowance.credits_left))
+            if allowance.name == "key" and allowance.credits_left is not None:
+                return max(0, allowance.credits_left) if allowance.has_credits else None
         return self.credits
 
     def is_expired(self, now: datetime) -> bool:
@@ -156,82 +168,33 @@ def parse_row(key_id: str, row: Mapping[str, Any]) -> ApiKey:
         expires_at=_typed(key_id, row, "expires_at", datetime, None),
         created_at=_typed(key_id, row, "created_at", datetime, None),
         hash=stored_hash.lower(),
+        owner=_owner(key_id, row),
         **_informational(row),
-        **parse_limits(key_id, row),
+        **_limits(key_id, row),
     )
 
 
-def is_document_id(key_id: str) -> bool:
-    """True if Firestore takes ``key_id`` as a document id. It answers the others
-    (``__x__``, ``..``) InvalidArgument, which would be taken for an outage."""
-    try:
-        size = len(key_id.encode())
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return (
-        0 < size <= 1500
-        and "/" not in key_id
-        and key_id not in (".", "..")
-        and not re.fullmatch(r"__.*__", key_id, re.DOTALL)
-    )
-
-
-def _int(key_id: str, row: Mapping[str, Any], name: str, low: int) -> int | None:
-    value = row.get(name)
-    if value is None:
-        return None
-    if type(value) is not int or not low <= value <= MAX_AMOUNT:
-        raise InvalidRow(
-            key_id, name, f"expected an integer from {low} to {MAX_AMOUNT}"
-        )
-    return value
-
-
-def parse_limits(key_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The limits of a key row or an owner document; InvalidRow if unreadable."""
-    limit = _int(key_id, row, "rate_limit", 1)
-    window = _int(key_id, row, "rate_window_seconds", 1)
-    if (limit is None) != (window is None):
-        raise InvalidRow(
-            key_id, "rate_limit", "set both rate_limit and rate_window_seconds"
-        )
-    amount = _int(key_id, row, "refill_amount", 0)
-    interval = row.get("refill_interval")
-    if (amount is None) != (interval is None):
-        raise InvalidRow(
-            key_id, "refill_amount", "set both refill_amount and refill_interval"
-        )
-    if interval is not None and interval not in REFILL_INTERVALS:
-        raise InvalidRow(key_id, "refill_interval", "expected 'day' or 'month'")
+def _owner(key_id: str, row: Mapping[str, Any]) -> str | None:
     owner = row.get("owner")
     if owner is not None and (not isinstance(owner, str) or not is_document_id(owner)):
         raise InvalidRow(
             key_id, "owner", "expected a string usable as a Firestore document id"
         )
-    try:
-        rate = RateLimit(limit, window) if limit and window else None
-    except ValueError as exc:
-        raise InvalidRow(key_id, "rate_window_seconds", str(exc)) from None
-    credits = _int(key_id, row, "credits", 0)
-    if credits is not None:
-        credits += held_credits(row.get("leases"))
+    return owner
+
+
+def _limits(key_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits of a key row, and the state of its credits; InvalidRow if
+    the limits cannot be read."""
+    doc = read_doc(key_id, row)
     return {
-        "owner": owner,
-        "rate_limit": rate,
-        "credits": credits,
-        "refill": Refill(amount, interval) if amount is not None else None,  # type: ignore[arg-type]
+        "rate_limit": doc.rate_limit,
+        "refill": doc.refill,
+        "credits": doc.credits_held_left if doc.has_credits else None,
+        "limits_in": doc.limits_in,
+        "credits_epoch": doc.epoch,
+        "credits_edited": doc.is_edited,
     }
-
-
-def held_credits(leases: Any) -> int:
-    """Credits the processes hold under their leases (a hand-broken map: 0)."""
-    if not isinstance(leases, Mapping):
-        return 0
-    return sum(
-        entry["credits"]
-        for entry in leases.values()
-        if isinstance(entry, Mapping) and type(entry.get("credits")) is int
-    )
 
 
 def _informational(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """ApiKeyStore: API keys in a Firestore collection, checked from memory.
 
-Checks ask the source of the sync mode (``sources.py``), which answers from
-memory when it can; management calls go straight to the collection
-(``collection.py``), over the one connection to Firestore (``connection.py``);
-uses are counted off the request path (``usage.py``).
+Checks ask the sync view (``sources.py``), which answers from memory when it
+can; limits are answered from leases held in memory (``limits/``); uses are
+counted off the request path (``usage.py``); management writes go through
+``manage.py``. All of it over one connection to Firestore (``_firestore/``).
 """
 
 import asyncio
@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,36 +20,26 @@ from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
 from keystore.errors import (
     ConfigError,
-    InvalidRow,
     KeyDisabled,
     KeyExpired,
     KeyNotFound,
     KeyRejected,
     MalformedKey,
 )
+from keystore.histogram import Histogram
 from keystore.keys import (
-    hash_key,
     id_position,
     imported_key_id,
     is_importable,
     keys_match,
-    new_key,
-    new_key_id,
     parse_key_id,
 )
-from keystore.ledger import Ledger, LimitView, describe, limit_changes
-from keystore.limiter import Limiter
-from keystore.limits import RateLimit, Refill
-from keystore.metrics import Histogram
-from keystore.models import (
-    ApiKey,
-    BrokenRow,
-    ImportResult,
-    NewKey,
-    Usage,
-    is_document_id,
-    parse_row,
-)
+from keystore.limits.edits import LimitView
+from keystore.limits.ledger import Ledger
+from keystore.limits.limiter import Limiter, RateItem
+from keystore.limits.values import RateLimit, Refill
+from keystore.manage import KeyManager
+from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage
 from keystore.settings import Settings
 from keystore.sources import make_source
 from keystore.times import utcnow
@@ -58,8 +47,9 @@ from keystore.usage import UsageCounter
 
 logger = logging.getLogger(__name__)
 
-#: Fields that ``update`` may change.
-EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at", "owner"})
+#: At shutdown, tries of the last give-backs and usage writes, each within
+#: the call deadline, so that a lost answer does not strand them.
+_SHUTDOWN_TRIES = 3
 
 
 class ApiKeyStore:
@@ -85,18 +75,21 @@ class ApiKeyStore:
         self._rows = KeyCollection(self.connection)
         #: Where checks find rows: the cache, or every row (see sources.py).
         self.source = make_source(settings, self._rows, timer)
+        self._manage = KeyManager(settings, self._rows, self.source, clock=clock)
         self._key_start = f"{settings.prefix}_"
         self._key_length, self._id_slice = id_position(settings.prefix)
         #: Checks by outcome ("valid", "malformed", "unknown", ...) and their time.
         self.checks: Counter[str] = Counter()
         self.check_latency = Histogram()
         self._usage = UsageCounter(self._rows)
+        self._counting = settings.usage_flush_interval > 0
         self._flusher = Background(self._flush_forever, name="usage flusher")
         ledger = Ledger(
             self.connection,
             reads=self._rows.reads,
             writes=self._rows.writes,
-            lease_expiry=settings.lease_expiry,
+            expiry=settings.lease_expiry,
+            timer=timer,
         )
         #: Rate limits and credits, answered from leases held in memory.
         self.limiter = Limiter(
@@ -107,7 +100,8 @@ class ApiKeyStore:
             lease_expiry=settings.lease_expiry,
             retry_after=settings.retry_after,
             recheck_seconds=min(settings.cache_ttl, 5.0),
-            wall=time.time if clock is utcnow else lambda: clock().timestamp(),
+            wait_seconds=2 * settings.timeout,
+            timer=timer,
         )
 
     @property
@@ -144,25 +138,44 @@ class ApiKeyStore:
         await self.aclose()
 
     async def open(self) -> None:
-        """Connect to Firestore and start the usage flusher (if counting is on)."""
+        """Connect to Firestore and start the background work."""
         await self._rows.open()
         await self.source.start()
-        if self.settings.usage_flush_interval:
+        if self._counting:
             self._flusher.start()
         self.limiter.sweeper.start()
 
     async def aclose(self) -> None:
         """Give back what the leases hold unspent, write pending usage counts,
-        then close the Firestore client."""
-        await self._flusher.stop()
+        then close the Firestore client. Never raises: what could not be
+        written is logged."""
         await self.limiter.sweeper.stop()
-        if await self.limiter.give_back():
-            # What was held stays stranded (see limiter.py), and is recorded
-            # as such once the lease expires.
-            logger.warning("Leases could not be given back: Firestore unreachable.")
+        try:
+            held = await self.limiter.give_back(insist=True, tries=_SHUTDOWN_TRIES)
+        except Exception:
+            logger.exception("The leases could not be given back.")
+            held = -1
+        if held:
+            # What they hold is recorded as stranded once their leases expire.
+            logger.warning(
+                "Leases on %s documents could not be given back: Firestore "
+                "unreachable.",
+                held if held > 0 else "some",
+            )
         await self.source.stop()
-        if len(self._usage) or self.limiter.credits_spent:
-            await self.flush_usage()
+        # A flush under way finishes; then the last one, past any pause.
+        await self._flusher.stop(drain=self.settings.timeout * _SHUTDOWN_TRIES)
+        for _ in range(_SHUTDOWN_TRIES):
+            if not len(self._usage):
+                break
+            with contextlib.suppress(Exception):
+                await self._usage.flush(insist=True)
+        if len(self._usage):
+            logger.warning(
+                "Usage counts of %d key-days could not be written: Firestore "
+                "unreachable.",
+                len(self._usage),
+            )
         await self._rows.aclose()
 
     # -- checks: the request path ---------------------------------------------
@@ -191,8 +204,6 @@ class ApiKeyStore:
             # Most keys never expire: no clock read for those.
             if record.expires_at is not None and record.is_expired(self._clock()):
                 raise KeyExpired()
-            if self._flusher.is_running:
-                self._usage.add(record.id)
             outcome = "valid"
             return record
         except KeyRejected as exc:
@@ -202,23 +213,50 @@ class ApiKeyStore:
             self.checks[outcome] += 1
             self.check_latency.observe(time.perf_counter() - started)
 
+    def try_spend(self, record: ApiKey, cost: int = 1) -> bool:
+        """Let one request of a verified key through its limits from memory,
+        and count it as a use: True if that answered; False if ``spend`` must
+        decide (it may wait for a lease)."""
+        charged = 0
+        if record.has_limits:
+            charged = self.limiter.try_spend(record, cost)
+            if charged < 0:
+                return False
+        if self._counting:
+            self._usage.add(record.id, charged)
+        return True
+
     async def spend(self, record: ApiKey, cost: int = 1) -> None:
         """Let one request of a verified key through its limits (and its
-        owner's) at ``cost`` credits: RateLimited, CreditsExhausted, or
-        StoreUnavailable if credits are needed and Firestore cannot lease them.
-        The key's ``credits_left`` tells what is left after."""
+        owner's) at ``cost`` credits, and count it as a use: RateLimited,
+        CreditsExhausted, KeyNotFound (its row is gone), or StoreUnavailable
+        if credits are needed and no lease can be had. The key's
+        ``credits_left`` tells what is left after."""
+        charged = 0
         if record.has_limits:
-            await self.limiter.spend(record, cost)
+            charged = await self.limiter.spend(record, cost)
+        if self._counting:
+            self._usage.add(record.id, charged)
+
+    def rate_limits(self, record: ApiKey) -> list[RateItem]:
+        """The rate limits of ``record`` and its owner as they stand: for the
+        RateLimit headers; nothing is spent."""
+        return self.limiter.rate_items(record) if record.has_limits else []
 
     async def get_api_key(self, key: str) -> ApiKey | None:
-        """The key's record if the key is valid now, else None."""
+        """The key's record if the key is valid now, else None; a valid key
+        counts as used (limits apply only through ``spend``)."""
         try:
-            return await self.verify(key)
+            record = await self.verify(key)
         except KeyRejected:
             return None
+        if self._counting:
+            self._usage.add(record.id)
+        return record
 
     async def does_api_key_exist(self, key: str) -> bool:
-        """True if ``key`` is a valid key now (present, enabled, not expired)."""
+        """True if ``key`` is a valid key now (present, enabled, not expired);
+        a valid key counts as used."""
         return await self.get_api_key(key) is not None
 
     def _held(self, key: str) -> ApiKey | None:
@@ -244,7 +282,7 @@ class ApiKeyStore:
                 return imported_key_id(key)
             raise
 
-    # -- management: CLI and admin API ----------------------------------------
+    # -- management: CLI and admin API (manage.py) ------------------------------
 
     async def create(
         self,
@@ -256,45 +294,31 @@ class ApiKeyStore:
         rate_limit: RateLimit | None = None,
         credits: int | None = None,
         refill: Refill | None = None,
+        funded_by: ApiKey | None = None,
     ) -> NewKey:
         """Make a key, store its hash, and return it; the plaintext is not kept.
 
         ``credits`` is the balance now; a ``refill`` replaces it at the start of
-        each period (without ``credits``, the first refill applies at once)."""
-        if owner is not None:
-            _check_owner(owner)
-        made = self._new(name=name, scopes=scopes, expires_at=expires_at)
-        record = replace(
-            made.record,
+        each period (without ``credits``, the first refill applies at once).
+        ``funded_by``: a key whose own credits pay for the new key's, in the
+        same commit (InsufficientCredits if it has fewer)."""
+        if funded_by is not None and credits:
+            # What this process holds of the funder's credits goes back first.
+            await self.limiter.release(funded_by)
+        return await self._manage.create(
+            name=name,
+            scopes=scopes,
+            expires_at=expires_at,
             owner=owner,
             rate_limit=rate_limit,
             credits=credits,
             refill=refill,
+            funded_by=funded_by,
         )
-        made = NewKey(record=record, key=made.key)
-        row = record.to_row()
-        if refill is not None and credits is not None:
-            row["refilled_for"] = refill.period(self._clock())
-        at = await self._rows.commit({record.id: row}, {}, cause="admin")
-        self.source.remember(made.record.id, made.record, at)
-        return made
 
     async def get(self, key_id: str) -> ApiKey | BrokenRow:
         """One row by key id; KeyNotFound if there is none."""
-        if not key_id or "/" in key_id:
-            raise KeyNotFound(f"No key with id '{key_id}'.")
-        row = await self._rows.get(key_id, cause="admin")
-        if row is None:
-            raise KeyNotFound(f"No key with id '{key_id}'.")
-        return _read(key_id, row)
-
-    async def _readable(self, key_id: str) -> ApiKey:
-        """One row by key id; KeyNotFound if there is none, InvalidRow if it
-        cannot be read."""
-        record = await self.get(key_id)
-        if isinstance(record, BrokenRow):
-            raise InvalidRow(record.id, record.field, record.problem)
-        return record
+        return await self._manage.get(key_id)
 
     async def list_keys(
         self,
@@ -305,141 +329,45 @@ class ApiKeyStore:
         owner: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
         """Rows, oldest first; with a filter, only the readable rows that match."""
-        listing = await self._rows.all(cause="list")
-        rows = [_read(key_id, row) for key_id, row in listing.rows]
-        now = self._clock()
-        if disabled or expired or scope or owner:
-            rows = [
-                row
-                for row in rows
-                if isinstance(row, ApiKey)
-                and (not disabled or row.disabled)
-                and (not expired or row.is_expired(now))
-                and (not scope or scope in row.scopes)
-                and (not owner or row.owner == owner)
-            ]
-        epoch = datetime.min.replace(tzinfo=now.tzinfo)
-        return sorted(
-            rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id)
+        return await self._manage.list_keys(
+            disabled=disabled, expired=expired, scope=scope, owner=owner
         )
 
-    async def update(self, key_id: str, **changes: Any) -> ApiKey:
-        """Change ``name``, ``scopes``, ``disabled`` or ``expires_at`` of a key.
-
-        With no changes, the row is read and returned, and nothing else done."""
-        unknown = set(changes) - EDITABLE
-        if unknown:
-            raise ValueError(f"Field '{sorted(unknown)[0]}' cannot be changed.")
-        if "scopes" in changes:
-            changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
-        if changes.get("owner") is not None:
-            _check_owner(changes["owner"])
-        if not changes:
-            return await self._readable(key_id)
-        at = await self._rows.update(key_id, changes, cause="admin")
-        try:
-            record = await self._readable(key_id)
-        except InvalidRow:
-            self.source.remember(key_id, None, at)
-            raise
-        self.source.remember(key_id, record, at)
-        return record
+    async def update(
+        self, key_id: str, *, limits: Mapping[str, Any] | None = None, **changes: Any
+    ) -> ApiKey:
+        """Change ``name``, ``scopes``, ``disabled``, ``expires_at`` or
+        ``owner`` of a key, and ``limits`` (as ``set_limits`` takes them), in
+        one commit. With no changes, the row is read and returned."""
+        return await self._manage.update(key_id, changes, limits or {})
 
     async def set_limits(self, key_id: str, **limits: Any) -> ApiKey:
         """Set or remove (None) a key's ``rate_limit``, ``credits`` (left) and
         ``refill``; limits not named stay as they are."""
-        if not key_id or "/" in key_id:
-            raise KeyNotFound(f"No key with id '{key_id}'.")
-
-        def changes(doc: Mapping[str, Any] | None) -> dict[str, Any]:
-            if doc is None:
-                raise KeyNotFound(f"No key with id '{key_id}'.")
-            return limit_changes(doc, self._clock(), **limits)
-
-        row, at = await self.limiter.ledger.change(
-            self.settings.collection, key_id, changes, cause="admin"
-        )
-        record = _read(key_id, row)
-        if isinstance(record, BrokenRow):
-            self.source.remember(key_id, None, at)
-            raise InvalidRow(record.id, record.field, record.problem)
-        self.source.remember(key_id, record, at)
-        return record
+        return await self._manage.update(key_id, {}, limits)
 
     async def set_owner_limits(self, owner: str, **limits: Any) -> LimitView:
         """Set or remove an owner's limits (its document is made if need be)."""
-        _check_owner(owner)
-        doc, _ = await self.limiter.ledger.change(
-            self.settings.owners_collection,
-            owner,
-            lambda doc: limit_changes(doc or {}, self._clock(), **limits),
-            cause="admin",
-        )
-        return describe(owner, doc, self._clock())
+        return await self._manage.set_owner_limits(owner, **limits)
 
     async def limits(self, key_id: str) -> LimitView:
         """Where a key's limits and credits stand now."""
-        record = await self._readable(key_id)
-        row = await self._rows.get(record.id, cause="admin")
-        return describe(key_id, row or {}, self._clock())
+        return await self._manage.limits(key_id)
 
     async def owner_limits(self, owner: str) -> LimitView | None:
         """Where an owner's limits and credits stand; None if it has none."""
-        _check_owner(owner)
-        doc = await self.limiter.ledger.read(
-            self.settings.owners_collection, owner, cause="admin"
-        )
-        return None if doc is None else describe(owner, doc, self._clock())
+        return await self._manage.owner_limits(owner)
 
     async def revoke(self, key_id: str) -> None:
         """Delete the key's row; KeyNotFound if there is none."""
-        at = await self._rows.delete(key_id, cause="admin")
-        self.source.remember(key_id, None, at)
+        await self._manage.revoke(key_id)
 
     async def rotate(
-        self,
-        key_id: str,
-        *,
-        grace: timedelta,
-        expires_at: datetime | None = None,
+        self, key_id: str, *, grace: timedelta, expires_at: datetime | None = None
     ) -> NewKey:
         """A new key with the old one's name, scopes, owner and limits; the old
-        key stays valid for ``grace``, then expires by itself. The credits not
-        held by a process move to the new key. Both rows are written atomically."""
-        old = await self._readable(key_id)
-        raw = await self._rows.get(key_id, cause="admin") or {}
-        pool = raw.get("credits") if old.has_credit_limit else None
-        made = self._new(
-            name=old.name, scopes=old.scopes, expires_at=expires_at, rotated_from=old.id
-        )
-        record = replace(
-            made.record,
-            owner=old.owner,
-            rate_limit=old.rate_limit,
-            credits=pool,
-            refill=old.refill,
-        )
-        made = NewKey(record=record, key=made.key)
-        row = record.to_row()
-        if raw.get("refilled_for") is not None:
-            row["refilled_for"] = raw["refilled_for"]
-        old_until = self._clock() + grace
-        if old.expires_at is not None:
-            old_until = min(old_until, old.expires_at)
-        old_changes: dict[str, Any] = {
-            "expires_at": old_until,
-            "rotated_to": record.id,
-        }
-        if pool is not None:
-            old_changes["credits"] = 0
-        at = await self._rows.commit(
-            {record.id: row}, {old.id: old_changes}, cause="admin"
-        )
-        self.source.remember(made.record.id, made.record, at)
-        self.source.remember(
-            old.id, replace(old, expires_at=old_until, rotated_to=made.record.id), at
-        )
-        return made
+        key stays valid for ``grace``, then expires by itself."""
+        return await self._manage.rotate(key_id, grace=grace, expires_at=expires_at)
 
     async def import_keys(
         self,
@@ -448,119 +376,42 @@ class ApiKeyStore:
         scopes: Iterable[str] = (),
         expires_at: datetime | None = None,
     ) -> ImportResult:
-        """Store the hashes of existing plaintext keys, given as (name, key) pairs.
-
-        A key's row id is derived from the key, so importing it again changes
-        nothing. Keys of keystore's own format keep their id.
-        """
-        created: list[str] = []
-        existing: list[str] = []
-        rejected = 0
-        scopes = tuple(scopes)
-        for name, key in keys:
-            try:
-                key_id = parse_key_id(key, self.settings.prefix)
-            except MalformedKey:
-                if not is_importable(key):
-                    rejected += 1
-                    continue
-                key_id = imported_key_id(key)
-            record = self._record(
-                key_id=key_id, key=key, name=name, scopes=scopes, expires_at=expires_at
-            )
-            at = await self._rows.create(key_id, record.to_row(), cause="admin")
-            if at is None:
-                existing.append(key_id)
-            else:
-                created.append(key_id)
-                self.source.remember(key_id, record, at)
-        return ImportResult(created=created, existing=existing, rejected=rejected)
+        """Store the hashes of existing plaintext keys, given as (name, key) pairs."""
+        return await self._manage.import_keys(
+            keys, scopes=scopes, expires_at=expires_at
+        )
 
     async def usage(self, key_id: str, *, days: int = 30) -> Usage:
         """A key's total uses, last use, and uses per day for the last ``days``."""
-        record = await self.get(key_id)
-        count = record.usage_count if isinstance(record, ApiKey) else 0
-        last = record.last_used_at if isinstance(record, ApiKey) else None
-        return Usage(
-            key_id=key_id,
-            total=count,
-            last_used_at=last,
-            days=await self._rows.usage_days(key_id, days),
-        )
+        return await self._manage.usage(key_id, days=days)
 
     async def flush_usage(self) -> int:
         """Write the usage counts gathered so far; return the uses written."""
-        for (key_id, day), credits in self.limiter.take_spent().items():
-            self._usage.add_credits(key_id, credits, day)
         return await self._usage.flush()
 
-    def _new(
-        self,
-        *,
-        name: str,
-        scopes: Iterable[str],
-        expires_at: datetime | None,
-        rotated_from: str | None = None,
-    ) -> NewKey:
-        key_id = new_key_id()
-        key = new_key(self.settings.prefix, key_id)
-        record = self._record(
-            key_id=key_id,
-            key=key,
-            name=name,
-            scopes=scopes,
-            expires_at=expires_at,
-            rotated_from=rotated_from,
-        )
-        return NewKey(record=record, key=key)
-
-    def _record(
-        self,
-        *,
-        key_id: str,
-        key: str,
-        name: str,
-        scopes: Iterable[str],
-        expires_at: datetime | None,
-        rotated_from: str | None = None,
-    ) -> ApiKey:
-        now = self._clock()
-        if expires_at is None and self.settings.default_expiry is not None:
-            expires_at = now + self.settings.default_expiry
-        return ApiKey(
-            id=key_id,
-            name=name,
-            scopes=tuple(dict.fromkeys(scopes)),
-            expires_at=expires_at,
-            created_at=now,
-            hash=hash_key(key),
-            rotated_from=rotated_from,
-        )
-
     async def _flush_forever(self) -> None:
-        while True:
-            # Wake at the interval, or early when the pending counts are at their bound.
+        stopping = self._flusher.stopping
+        while not stopping.is_set():
+            # Wake at the interval, early when the pending counts reach their
+            # bound, or to stop.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.usage_flush_interval):
-                    await self._usage.full.wait()
+                    await _first(self._usage.full.wait(), stopping.wait())
+            if stopping.is_set():
+                return
             # An outage keeps the counts for the next flush (usage.py); any
             # other error is for the supervisor.
-            await self.flush_usage()
+            await self._usage.flush()
 
 
-def _check_owner(owner: str) -> None:
-    if len(owner) > 200 or not is_document_id(owner):
-        raise ValueError(
-            "An owner is 1 to 200 characters, without '/', and not '.', '..' "
-            "or '__...__' (a Firestore document id)."
-        )
-
-
-def _read(key_id: str, row: dict[str, Any]) -> ApiKey | BrokenRow:
+async def _first(*waits: Any) -> None:
+    """Wait until the first of ``waits`` (coroutines) ends; cancel the rest."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
-        return parse_row(key_id, row)
-    except InvalidRow as exc:
-        return BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 _store: ApiKeyStore | None = None
@@ -582,6 +433,9 @@ def get_store(settings: Settings | None = None) -> ApiKeyStore:
 async def reset_store() -> None:
     """Close and forget the process-wide store (for tests and app shutdown)."""
     global _store
-    store, _store = _store, None
+    store = _store
     if store is not None:
+        # Closed before it is forgotten: a request still running meanwhile
+        # finds this store, not a new one built from the environment.
         await store.aclose()
+    _store = None

@@ -1,13 +1,15 @@
 """Usage counts gathered in memory, off the request path, and flushed in batches.
 
-A check adds one to a dict entry (and a request that spends credits, its
-cost to another); a background task writes the sums to Firestore
-as atomic increments, at most once per key and day per flush interval, and once
-more on shutdown. A crash loses at most one interval of counts. A write that
-failed is sent again at the next flush as it was, under the same marker
-(commits.py), so a write that landed though its answer was lost is not counted
-twice; new uses go into a write of their own. Each write costs three document
-writes: the row, the day document and the marker.
+A request let through adds one to a dict entry, and the credits it was
+charged to another; a background task writes the sums to Firestore as atomic
+increments, at most once per key and day per flush interval, and once more on
+shutdown (a flush under way then finishes, and the last one is sent even
+during the pause after a failure). A crash loses at most one interval of
+counts. A write that failed, or was cancelled, is kept and sent again as it
+was, under the same marker (commits.py), so a write that landed though its
+answer was lost is not counted twice; new uses go into a write of their own.
+Each write costs three document writes: the row, the day document and the
+marker.
 """
 
 import asyncio
@@ -58,47 +60,63 @@ class UsageCounter:
     def __len__(self) -> int:
         return len(self._pending.keys() | self._credits.keys()) + len(self._unsent)
 
-    def add(self, key_id: str) -> None:
-        """Count one use of ``key_id`` now; no I/O."""
-        self._pending[key_id, int(self._wall_clock()) // _DAY_SECONDS] += 1
+    def add(self, key_id: str, credits: int = 0) -> None:
+        """Count one use of ``key_id`` now, charged ``credits``; no I/O."""
+        key_day = key_id, int(self._wall_clock()) // _DAY_SECONDS
+        self._pending[key_day] += 1
+        if credits:
+            self._credits[key_day] += credits
         if len(self._pending) >= self._max_pending:
             self.full.set()
 
-    def add_credits(self, key_id: str, credits: int, day: int) -> None:
-        """Count ``credits`` spent by ``key_id`` on ``day`` (days since the
-        epoch, UTC); no I/O."""
-        self._credits[key_id, day] += credits
-
-    async def flush(self) -> int:
-        """Write what is pending; return the number of uses written."""
+    async def flush(self, *, insist: bool = False) -> int:
+        """Write what is pending; return the number of uses written.
+        ``insist``: send even during the pause after a failure (at shutdown)."""
         async with self._flushing:
             batch, self._pending = self._pending, Counter()
             credits, self._credits = self._credits, Counter()
             self.full.clear()
-            writes = dict(self._unsent)
             for key_day in batch.keys() | credits.keys():
-                writes[new_write_id()] = (*key_day, batch[key_day], credits[key_day])
+                self._unsent[new_write_id()] = (
+                    *key_day,
+                    batch[key_day],
+                    credits[key_day],
+                )
+            # Each write stays in _unsent until it is known written (or its
+            # row gone), whatever ends the flush: an error, or a cancel.
+            writes = dict(self._unsent)
             results = await asyncio.gather(
-                *(self._write(write_id, *write) for write_id, write in writes.items())
+                *(
+                    self._write(write_id, *write, insist=insist)
+                    for write_id, write in writes.items()
+                )
             )
             return sum(results)
 
     async def _write(
-        self, write_id: str, key_id: str, day: int, count: int, credits: int
+        self,
+        write_id: str,
+        key_id: str,
+        day: int,
+        count: int,
+        credits: int,
+        *,
+        insist: bool,
     ) -> int:
         try:
             async with self._slots:
                 await self._collection.add_usage(
-                    key_id, day_name(day), count, credits, write_id=write_id
+                    key_id,
+                    day_name(day),
+                    count,
+                    credits,
+                    write_id=write_id,
+                    insist=insist,
                 )
         except KeyNotFound:
             self._unsent.pop(write_id, None)
             return 0  # revoked since: its uses have no row to go to
         except StoreUnavailable:
-            self._unsent[write_id] = (key_id, day, count, credits)  # sent as it is
-            return 0
-        except Exception:
-            self._unsent[write_id] = (key_id, day, count, credits)  # kept
-            raise
+            return 0  # kept, sent again as it is
         self._unsent.pop(write_id, None)
         return count

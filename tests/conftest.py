@@ -120,9 +120,11 @@ def firestore_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulat
 @pytest.fixture
 def settings(firestore_env: Emulator) -> Settings:
     """Settings of one test: its own collection, so no test sees another's rows."""
+    suffix = uuid.uuid4().hex[:12]
     return Settings(
         project=PROJECT,
-        collection=f"keys_{uuid.uuid4().hex[:12]}",
+        collection=f"keys_{suffix}",
+        owners_collection=f"owners_{suffix}",
         # Generous: a fresh emulator's first answers are slow; tests about
         # deadlines set their own.
         timeout=5.0,

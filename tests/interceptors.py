@@ -121,3 +121,42 @@ class LoseAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             await asyncio.sleep(self.delay)
             raise _Lost(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         raise _Lost(grpc.StatusCode.UNAVAILABLE, "The answer was lost.")
+
+
+@dataclass
+class Refuse(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Answers the next ``count`` calls of ``method`` with ``code`` (ABORTED:
+    contention; UNAVAILABLE: unreachable), without sending them."""
+
+    code: grpc.StatusCode = grpc.StatusCode.ABORTED
+    method: str = "Commit"
+    count: int = 0
+    refused: int = 0
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: Any, request: Any
+    ) -> Any:
+        if self.count and _method(details).endswith("/" + self.method):
+            self.count -= 1
+            self.refused += 1
+            raise _Lost(self.code, "refused by the test")
+        return await continuation(details, request)
+
+
+@dataclass
+class Hold(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """While ``armed``, holds each call of ``method`` ``delay`` seconds before
+    sending it; ``started`` is set when one is held."""
+
+    delay: float = 0.3
+    method: str = "Commit"
+    armed: bool = False
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: Any, request: Any
+    ) -> Any:
+        if self.armed and _method(details).endswith("/" + self.method):
+            self.started.set()
+            await asyncio.sleep(self.delay)
+        return await continuation(details, request)

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.cloud import firestore
 
 from keystore import (
     ApiKeyStore,
@@ -25,6 +24,7 @@ from keystore.index import IndexSource, ReloadSource
 from keystore.keys import new_key
 from keystore.settings import SyncMode
 from tests.conftest import Emulator, Timer
+from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -90,8 +90,7 @@ async def becomes(store: ApiKeyStore, timer: Timer, key: str, expected: str) -> 
 
 
 async def console(settings: Settings, key_id: str, **fields: Any) -> None:
-    db = firestore.AsyncClient(project=settings.project)
-    await db.collection(settings.collection).document(key_id).update(fields)
+    await console_edit(settings, key_id, **fields)
 
 
 async def elsewhere(settings: Settings) -> ApiKeyStore:

@@ -24,21 +24,22 @@ from keystore import (
     reset_store,
 )
 from keystore.keys import new_key
+from tests import console
 from tests.conftest import Timer
 from tests.interceptors import Recorder
 
 pytestmark = pytest.mark.anyio
 
 
-async def console_edit(settings: Settings, key_id: str, **fields: Any) -> None:
+async def console_edit(
+    settings: Settings, key_id: str, *, collection: str | None = None, **fields: Any
+) -> None:
     """Change a row as an operator does in the console: a plain client, no keystore."""
-    client = firestore.AsyncClient(project=settings.project)
-    await client.collection(settings.collection).document(key_id).update(fields)
+    await console.edit(settings, key_id, collection=collection, **fields)
 
 
 async def console_add(settings: Settings, key_id: str, row: dict[str, Any]) -> None:
-    client = firestore.AsyncClient(project=settings.project)
-    await client.collection(settings.collection).document(key_id).set(row)
+    await console.add(settings, key_id, row)
 
 
 async def test_create_then_verify(store: ApiKeyStore) -> None:

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from keystore import ApiKeyStore, KeyNotFound, Settings
+from keystore import ApiKey, ApiKeyStore, KeyNotFound, NewKey, Settings
 from keystore._firestore.connection import Connection
 from keystore._firestore.documents import KeyCollection
 from keystore.usage import UsageCounter, day_name
 from tests.conftest import Emulator, running_server
+from tests.interceptors import Hold
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +140,44 @@ async def test_no_plaintext_key_in_any_document_or_log(
     assert len(dump) >= 4
     for key in (made.key, rotated.key, imported):
         assert key not in text
+
+
+async def test_counts_of_a_flush_under_way_at_shutdown_are_written(
+    settings: Settings,
+) -> None:
+    counting = settings.model_copy(update={"usage_flush_interval": 0.3})
+    async with ApiKeyStore(settings) as admin:
+        made = [await admin.create(name=f"k{i}") for i in range(40)]
+    hold = Hold(delay=0.5)
+    store = ApiKeyStore(counting, interceptors=[hold])
+    await store.open()
+    for key in made:
+        assert await store.does_api_key_exist(key.key)
+    hold.armed = True
+    await hold.started.wait()  # the periodic flush is under way
+    await store.aclose()  # SIGTERM: it finishes, nothing is cancelled away
+    assert await _total_uses(settings, made) == 40
+
+
+async def test_counts_are_written_at_shutdown_during_the_pause_after_a_timeout(
+    settings: Settings,
+) -> None:
+    slow = settings.model_copy(update={"timeout": 0.5, "retry_after": 5})
+    async with ApiKeyStore(settings) as admin:
+        made = [await admin.create(name=f"k{i}") for i in range(10)]
+    hold = Hold(delay=1.0, armed=True)  # a stalled CPU: the call times out
+    async with ApiKeyStore(slow, interceptors=[hold]) as store:
+        for key in made:
+            assert await store.does_api_key_exist(key.key)
+        assert await store.flush_usage() == 0  # timed out: kept, 5 s pause
+        hold.armed = False
+        assert store.connection.is_unavailable
+    # SIGTERM inside the pause: the last flush goes anyway, and what may have
+    # landed of the timed-out one is not counted twice (its marker).
+    assert await _total_uses(settings, made) == 10
+
+
+async def _total_uses(settings: Settings, made: list[NewKey]) -> int:
+    async with ApiKeyStore(settings) as reader:
+        records = [await reader.get(key.record.id) for key in made]
+    return sum(r.usage_count for r in records if isinstance(r, ApiKey))

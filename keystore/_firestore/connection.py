@@ -143,11 +143,11 @@ class Connection:
                 "or run 'gcloud auth application-default login'."
             ) from exc
 
-    async def ensure_open(self) -> None:
+    async def ensure_open(self, *, insist: bool = False) -> None:
         """Open the channel if it is not; StoreUnavailable if that fails (on the
         request path a failing credential is an outage, not a config error)."""
         if self._client is None:
-            await self.call("connection", _opened, retry=False)
+            await self.call("connection", _opened, retry=False, insist=insist)
 
     async def aclose(self) -> None:
         """Close the channel; a later call opens a new one."""

@@ -7,7 +7,8 @@ their deadlines and their errors belong to ``connection.py``.
 """
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
@@ -25,12 +26,14 @@ from google.cloud.firestore_v1.types import (
     Write,
 )
 
+from keystore._firestore import conditional
 from keystore._firestore.commits import Commit, Commits
+from keystore._firestore.conditional import Read, field_path
 from keystore._firestore.connection import Connection
 from keystore._firestore.errors import Missing, Refused
 from keystore._firestore.values import decode_fields, encode_fields
 from keystore.errors import KeyNotFound
-from keystore.models import is_document_id
+from keystore.keys import is_document_id
 
 Row = dict[str, Any]
 
@@ -203,51 +206,62 @@ class KeyCollection:
         return await connection.call(what, run, timeout=timeout)
 
     # Writes return their commit time (ns): a view of the rows read at or after
-    # it holds the write (index.py keeps this process's writes until then).
+    # it holds the write (sync/ keeps this process's writes until then).
+
+    def path(self, key_id: str) -> str:
+        """The path of a key's row; KeyNotFound for an id no row can have."""
+        if not is_document_id(key_id):
+            raise _not_found(key_id)  # no such row can exist: no call
+        return f"{self.name}/{key_id}"
+
+    async def read(self, path: str, *, cause: str) -> Read:
+        """The document at ``path`` (``collection/id``), with Firestore's time."""
+        found = await conditional.read(self.connection, path, f"read of {path}")
+        self.reads[cause] += 1
+        return found
+
+    async def apply(
+        self, changes: Sequence["Create | Update | Delete"], *, what: str, cause: str
+    ) -> int:
+        """Commit ``changes`` atomically, once (commits.py): all or none.
+        Missing if an updated or deleted document does not exist; Refused if
+        a created one exists, or an update's document changed since its read."""
+        await self.connection.ensure_open()
+        writes = [change.write(self.connection) for change in changes]
+        at = await self._commits.send(Commit(writes, what))
+        self.writes[cause] += len(changes) + 1  # and the marker
+        return at
 
     async def create(self, key_id: str, row: Row, *, cause: str) -> int | None:
         """Add a row; None if one with this id exists already."""
-        await self.connection.ensure_open()
         try:
-            at = await self._commit(
-                f"create of key {key_id}", [self._create(key_id, row)]
+            return await self.apply(
+                [Create(self.path(key_id), row)],
+                what=f"create of key {key_id}",
+                cause=cause,
             )
         except Refused:
             return None
-        self.writes[cause] += 2  # the row and the marker
-        return at
 
     async def update(self, key_id: str, fields: Row, *, cause: str) -> int:
         """Change fields of an existing row; KeyNotFound if there is none."""
-        return await self.commit({}, {key_id: fields}, cause=cause)
-
-    async def commit(
-        self, creates: Mapping[str, Row], updates: Mapping[str, Row], *, cause: str
-    ) -> int:
-        """Create and update rows atomically: all of them or, on any error, none."""
-        await self.connection.ensure_open()
-        writes = [self._create(key_id, row) for key_id, row in creates.items()]
-        writes += [self._update(key_id, fields) for key_id, fields in updates.items()]
-        names = ", ".join([*creates, *updates])
         try:
-            at = await self._commit(f"write of key {names}", writes)
+            return await self.apply(
+                [Update(self.path(key_id), fields)],
+                what=f"write of key {key_id}",
+                cause=cause,
+            )
         except Missing:
-            raise _not_found(next(iter(updates))) from None
-        self.writes[cause] += len(creates) + len(updates) + 1  # and the marker
-        return at
+            raise _not_found(key_id) from None
 
     async def delete(self, key_id: str, *, cause: str) -> int:
         """Delete a row; KeyNotFound if there is none."""
-        write = Write(
-            delete=self._path(key_id), current_document=Precondition(exists=True)
-        )
-        await self.connection.ensure_open()
         try:
-            at = await self._commit(f"delete of key {key_id}", [write])
+            return await self.apply(
+                [Delete(self.path(key_id))], what=f"delete of key {key_id}", cause=cause
+            )
         except Missing:
             raise _not_found(key_id) from None
-        self.writes[cause] += 2  # the delete and the marker
-        return at
 
     async def add_usage(
         self,
@@ -266,7 +280,7 @@ class KeyCollection:
         at once; sent again with the same ``write_id``, it changes nothing more.
         KeyNotFound if the row is gone: nothing is written then.
         """
-        await self.connection.ensure_open()
+        await self.connection.ensure_open(insist=insist)
         increment = Value(integer_value=count)
         row_transforms = [
             _transform("usage_count", increment=increment),
@@ -298,19 +312,69 @@ class KeyCollection:
             raise _not_found(key_id) from None
         self.writes["usage"] += 3  # the row, the day and the marker
 
-    async def _commit(self, what: str, writes: list[Write]) -> int:
-        return await self._commits.send(Commit(writes, what))
 
-    def _create(self, key_id: str, row: Row) -> Write:
+@dataclass(frozen=True, slots=True)
+class Create:
+    """Make the document at ``path`` (``collection/id``); it must not exist.
+    ``stamp`` names a field set to the commit's time."""
+
+    path: str
+    fields: Row
+    stamp: str | None = None
+
+    def write(self, connection: Connection) -> Write:
         return Write(
-            update=Document(name=self._path(key_id), fields=encode_fields(row)),
+            update=Document(
+                name=connection.path(self.path), fields=encode_fields(self.fields)
+            ),
+            update_transforms=_stamp(self.stamp),
             current_document=Precondition(exists=False),
         )
 
-    def _update(self, key_id: str, fields: Row) -> Write:
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Set top-level ``fields`` of the document at ``path`` (None: delete the
+    field); it must exist, and with ``after``, be unchanged since that read.
+    ``stamp`` names a field set to the commit's time."""
+
+    path: str
+    fields: Row
+    after: Read | None = None
+    stamp: str | None = None
+
+    def write(self, connection: Connection) -> Write:
+        if self.after is None:
+            precondition = Precondition(exists=True)
+        elif self.after.update_time is None:
+            precondition = Precondition(exists=False)
+        else:
+            precondition = Precondition(update_time=self.after.update_time)
+        kept = {name: value for name, value in self.fields.items() if value is not None}
+        transforms = []
+        if self.stamp is not None:
+            transforms.append(
+                _transform(field_path(self.stamp), set_to_server_value=_REQUEST_TIME)
+            )
         return Write(
-            update=Document(name=self._path(key_id), fields=encode_fields(fields)),
-            update_mask=DocumentMask(field_paths=list(fields)),
+            update=Document(
+                name=connection.path(self.path), fields=encode_fields(kept)
+            ),
+            update_mask=DocumentMask(field_paths=[field_path(n) for n in self.fields]),
+            update_transforms=transforms,
+            current_document=precondition,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete the document at ``path``; it must exist."""
+
+    path: str
+
+    def write(self, connection: Connection) -> Write:
+        return Write(
+            delete=connection.path(self.path),
             current_document=Precondition(exists=True),
         )
 
@@ -318,6 +382,13 @@ class KeyCollection:
 def _count(row: Row, name: str) -> int:
     value = row.get(name)
     return value if type(value) is int else 0
+
+
+def _stamp(name: str | None) -> list[DocumentTransform.FieldTransform]:
+    """Set the field ``name`` (if any) to the commit's time."""
+    if name is None:
+        return []
+    return [_transform(field_path(name), set_to_server_value=_REQUEST_TIME)]
 
 
 def _transform(field_path: str, **change: Any) -> DocumentTransform.FieldTransform:

@@ -23,7 +23,8 @@ even if it changes nothing else, so that no earlier op can land after it.
 import asyncio
 import math
 
-from keystore.limits.lease import Ask, Entry, Grant
+from keystore.limits.document import Entry
+from keystore.limits.lease import Ask, Grant
 from keystore.limits.values import RateLimit, Refill
 
 #: Top up when a lease holds less than this share of what it was sized to.
@@ -35,8 +36,9 @@ SECONDS_PER_HOLDER = 4 / 3
 
 def margin(expiry: float) -> float:
     """How long before ``expiry`` a holder stops spending its lease: room for
-    monotonic clocks that run up to 1% slow against Firestore's."""
-    return 1.0 + expiry / 100
+    a monotonic clock up to 2% slow against Firestore's (NTP keeps them within
+    0.05%)."""
+    return expiry / 50
 
 
 class Allowance:
@@ -58,10 +60,13 @@ class Allowance:
         "entry",
         "spent",
         "requests",
+        "stamped",
+        "stale",
         "credits_held",
         "rate_held",
         "rate_unclaimed",
         "window",
+        "window_end",
         "window_until",
         "credits_until",
         "fast_until",
@@ -108,18 +113,24 @@ class Allowance:
         self.policy = b""  # the RateLimit-Policy item
         self.item = b'"%s";r=%%d;t=%%d' % name.encode()  # the RateLimit item
         # The state the last op whose outcome is known left, and this
-        # process's exact counts: credits spent by epoch, requests spent from
-        # leases by window start.
+        # process's exact counts: credits spent in ``epoch``, requests spent
+        # from leases of the window starting at ``window`` (earlier ones no
+        # longer matter: their leases are void).
         self.epoch: int | None = None
         self.entry: Entry | None = None
-        self.spent: dict[int, int] = {}
-        self.requests: dict[int, int] = {}
+        self.spent = 0
+        self.requests = 0
+        #: When the entry was last stamped, at the latest (monotonic).
+        self.stamped = 0.0
+        #: The row changed (an operator set the credits): wait for a lease.
+        self.stale = False
         # What may be spent now, and until when (monotonic).
         self.credits_held = 0
         self.rate_held = 0
         self.rate_unclaimed = 0
         self.window: int | None = None  # server start of the window held
-        self.window_until = 0.0
+        self.window_end = 0.0  # and its end, server time
+        self.window_until = 0.0  # the end, by the monotonic clock, at the latest
         self.credits_until = 0.0
         # The fast path runs while now < fast_until and enough is held; below
         # the lows, a top-up starts.
@@ -192,8 +203,8 @@ class Allowance:
         return Ask(
             holder=self.holder,
             op=op,
-            spent=dict(self.spent),
-            requests=dict(self.requests),
+            spent={} if self.epoch is None else {self.epoch: self.spent},
+            requests={} if self.window is None else {self.window: self.requests},
             credit_rate=self.credit_rate,
             request_rate=self.request_rate,
             horizon=self.horizon(lease_seconds),
@@ -216,19 +227,20 @@ class Allowance:
         self.server_now, self.server_seen = grant.now, sent
         self.holders = grant.holders
         if grant.epoch != self.epoch:
-            self.epoch = grant.epoch
-        self.spent = {grant.epoch: self.spent.get(grant.epoch, 0)}
+            self.epoch, self.spent = grant.epoch, 0  # earlier leases are void
         self.entry = entry = grant.entry
-        self.unknown = False
+        self.unknown = self.stale = False
         valid_until = 0.0
-        if entry is not None:
-            # A commit stamps the entry after the read: at or after grant.now.
-            stamped = grant.now if committed or entry.at is None else entry.at
-            valid_until = sent + (stamped - grant.now) + expiry - margin(expiry)
+        # A commit stamps the entry after the read, at or after grant.now; a
+        # read alone leaves the stamp it found.
+        stamped = grant.now if committed else grant.stamped_at
+        if entry is not None and stamped is not None:
+            self.stamped = sent + (stamped - grant.now)
+            valid_until = self.stamped + expiry - margin(expiry)
         self.credits_held = 0
         self.credits_until = 0.0
         if grant.has_credits and entry is not None:
-            self.credits_held = entry.unspent(self.spent[grant.epoch])
+            self.credits_held = entry.unspent(self.spent)
             period = math.inf
             if grant.period_end is not None:
                 period = sent + (grant.period_end - grant.now)
@@ -237,12 +249,12 @@ class Allowance:
         self.credits_exhausted = grant.has_credits and grant.pool == 0
         self.rate_held = 0
         if grant.window_start is not None and grant.window_end is not None:
-            window = grant.window_start
-            self.window = window
-            self.requests = {window: self.requests.get(window, 0)}
+            if grant.window_start != self.window:
+                self.window, self.requests = grant.window_start, 0
+            self.window_end = grant.window_end
             self.window_until = min(valid_until, sent + (grant.window_end - grant.now))
             if entry is not None:
-                self.rate_held = entry.requests_unspent(window, self.requests[window])
+                self.rate_held = entry.requests_unspent(self.window, self.requests)
             self.rate_unclaimed = grant.rate_unclaimed
             self.rate_exhausted = grant.rate_unclaimed == 0 and self.rate_held == 0
 
@@ -279,6 +291,7 @@ class Allowance:
         if (
             not self.known
             or self.gone
+            or self.stale
             or self.returning
             or self.evicted
             or now < self.degraded_until
@@ -299,18 +312,16 @@ class Allowance:
 
     def take_credits(self, cost: int) -> None:
         """Spend ``cost`` credits of the lease (the caller checked them held)."""
-        assert self.epoch is not None
         self.credits_held -= cost
-        self.spent[self.epoch] += cost
+        self.spent += cost
         self.spent_since += cost
         if self.credits_left is not None:
-            self.credits_left = max(0, self.credits_left - cost)
+            self.credits_left -= cost
 
     def take_request(self) -> None:
         """Spend one request of the shared window's lease."""
-        assert self.window is not None
         self.rate_held -= 1
-        self.requests[self.window] += 1
+        self.requests += 1
 
 
 def _smoothed(before: float, now: float) -> float:

@@ -36,115 +36,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from keystore.errors import InvalidRow
+from keystore.limits.document import (
+    Entry,
+    LimitDoc,
+    Stranded,
+    is_refill_due,
+    read_doc,
+)
 from keystore.limits.values import RateLimit, Refill
-from keystore.models import parse_limits
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One holder's lease in a document's ``leases`` map."""
-
-    #: Credits moved to the holder in this epoch, net of those it gave back.
-    credits: int = 0
-    #: The holder's count of credits spent (this epoch) when the entry began,
-    #: and at its last op.
-    base: int = 0
-    spent: int = 0
-    #: The rate window (start, server seconds) of the requests it holds, those
-    #: moved to it (net), and its count of requests spent when they began.
-    window: int | None = None
-    rate: int = 0
-    rate_base: int = 0
-    #: Server time of its last stamp (epoch seconds); None if never stamped.
-    at: float | None = None
-
-    @property
-    def held(self) -> int:
-        """Credits held at the holder's last op."""
-        return max(0, self.credits - (self.spent - self.base))
-
-    def unspent(self, spent: int) -> int:
-        """Credits not spent, when the holder's count is ``spent``."""
-        return max(0, self.credits - (spent - self.base))
-
-    def requests_unspent(self, window: int, spent: int) -> int:
-        """Requests of ``window`` not spent, when the holder's count is ``spent``."""
-        if self.window != window:
-            return 0
-        return max(0, self.rate - (spent - self.rate_base))
-
-    def to_field(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "credits": self.credits,
-            "base": self.base,
-            "spent": self.spent,
-        }
-        if self.window is not None:
-            fields.update(window=self.window, rate=self.rate, rate_base=self.rate_base)
-        return fields
-
-
-@dataclass(frozen=True, slots=True)
-class Stranded:
-    """A swept entry's credits: what it held at its holder's last op (lost,
-    unless the holder comes back), and the entry's ``credits`` and ``base``."""
-
-    held: int
-    credits: int
-    base: int
-
-    def to_field(self) -> dict[str, int]:
-        return {"held": self.held, "credits": self.credits, "base": self.base}
-
-
-@dataclass(frozen=True, slots=True)
-class LimitDoc:
-    """A limit document as read: its limits and the state of its leases."""
-
-    rate_limit: RateLimit | None
-    refill: Refill | None
-    #: The document limits credits (``credits`` or a refill is set).
-    has_credits: bool
-    #: ``credits``: the pool, credits no lease holds.
-    pool: int
-    #: The pool as keystore last wrote it: a ``credits`` that differs was
-    #: edited by hand. None until keystore writes it.
-    written: int | None
-    epoch: int
-    #: The refill period the balance is for (``refilled_for``, or the period
-    #: an operator last set the credits in).
-    balance_for: str | None
-    rate_start: int | None
-    rate_count: int
-    leases: Mapping[str, Entry]
-    stranded: Mapping[str, Stranded]
-    #: The key row that holds this key's limits now (set by a rotation).
-    limits_in: str | None = None
-
-    @property
-    def is_edited(self) -> bool:
-        """True if ``credits`` was set by hand since keystore last wrote it."""
-        if not self.has_credits:
-            return False
-        if self.written is None:
-            # Never written by a lease: as made, unless leases exist (then
-            # someone removed ``credits_written``).
-            return bool(self.leases)
-        return self.pool != self.written
-
-    def credits_left(self, now: float) -> int | None:
-        """Credits left at server time ``now``: the pool and what the leases
-        held at their last ops; a refill that is due, as applied."""
-        if not self.has_credits:
-            return None
-        if self.refill is not None and _is_due(self.refill, self.balance_for, now):
-            return self.refill.amount
-        return self.pool + sum(entry.held for entry in self.leases.values())
-
-    @property
-    def stranded_credits(self) -> int:
-        return sum(record.held for record in self.stranded.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +88,8 @@ class Grant:
     epoch: int = 0
     #: The holder's entry after the op; None if it has none.
     entry: Entry | None = None
+    #: Server time the entry was stamped at, as read (a commit stamps it anew).
+    stamped_at: float | None = None
     credits_granted: int = 0
     #: Credits that went back to the pool (a give-back, or a holder back
     #: from a stop finding its entry stranded).
@@ -222,42 +123,6 @@ class Change:
         return bool(self.sets)
 
 
-def read_doc(doc_id: str, fields: Mapping[str, Any]) -> LimitDoc:
-    """The limit document ``fields``; InvalidRow if its limits cannot be read.
-
-    The state keystore writes is read leniently: a hand-broken entry counts
-    for nothing (a lease is never made up), and its holder starts again.
-    """
-    limits = parse_limits(doc_id, fields)
-    refill: Refill | None = limits["refill"]
-    has_credits = fields.get("credits") is not None or refill is not None
-    used = fields.get("rate_used")
-    used = used if isinstance(used, Mapping) else {}
-    start = used.get("start")
-    balance_for = _text(fields.get("refilled_for"))
-    set_at = fields.get("credits_set_at")
-    if refill is not None and isinstance(set_at, datetime):
-        set_for = refill.period(set_at)
-        balance_for = max(balance_for or set_for, set_for)
-    moved = fields.get("limits_in")
-    return LimitDoc(
-        rate_limit=limits["rate_limit"],
-        refill=refill,
-        has_credits=has_credits,
-        pool=_count(fields.get("credits")),
-        written=fields.get("credits_written")
-        if type(fields.get("credits_written")) is int
-        else None,
-        epoch=_count(fields.get("credits_epoch")),
-        balance_for=balance_for,
-        rate_start=start if type(start) is int else None,
-        rate_count=_count(used.get("count")),
-        leases=_entries(fields.get("leases")),
-        stranded=_stranded(fields.get("stranded")),
-        limits_in=moved if isinstance(moved, str) and moved else None,
-    )
-
-
 def plan(
     doc_id: str,
     fields: Mapping[str, Any] | None,
@@ -265,6 +130,7 @@ def plan(
     *,
     now: float,
     expiry: float,
+    kind: str = "Key row",
 ) -> tuple[Change, Grant]:
     """The change ``ask`` makes to the document ``fields`` read at server
     time ``now``, and what it gives; InvalidRow if its limits cannot be read.
@@ -274,14 +140,14 @@ def plan(
     change = Change(ask.holder)
     if fields is None:
         return change, Grant(now=now, missing=True)
-    doc = read_doc(doc_id, fields)
+    doc = read_doc(doc_id, fields, kind=kind)
     if doc.limits_in is not None:
         return change, Grant(now=now, moved_to=doc.limits_in)
     state = _State.of(doc)
 
     if doc.is_edited:
         state.rebase(doc.pool)
-    if doc.refill is not None and _is_due(doc.refill, doc.balance_for, now):
+    if doc.refill is not None and is_refill_due(doc.refill, doc.balance_for, now):
         state.rebase(doc.refill.amount)
         change.sets["refilled_for"] = doc.refill.period(_moment(now))
     state.sweep(ask.holder, now - expiry, doc.has_credits)
@@ -324,6 +190,12 @@ def plan(
             unspent_requests = max(0, requests - (used - rate_base))
             if ask.give_back:
                 state.rate_count -= min(unspent_requests, state.rate_count)
+            elif state.rate_count > rate.limit:
+                # The limit was lowered: what this holder has not spent goes
+                # back, as far as the window is over it.
+                trim = min(unspent_requests, state.rate_count - rate.limit)
+                requests -= trim
+                state.rate_count -= trim
             else:
                 needed = max(0, ask.waiting - unspent_requests)
                 seconds = max(0.0, min(ask.horizon, window_end - now))
@@ -361,6 +233,7 @@ def plan(
         has_credits=doc.has_credits,
         epoch=state.epoch,
         entry=entry,
+        stamped_at=None if mine is None else mine.at,
         credits_granted=granted,
         credits_returned=returned,
         pool=state.pool,
@@ -379,6 +252,31 @@ def plan(
         holders=holders,
     )
     return change, grant
+
+
+def debit(
+    doc_id: str, fields: Mapping[str, Any], amount: int, *, now: float
+) -> dict[str, Any] | None:
+    """The fields that take ``amount`` credits out of the document's pool for
+    good (a caller handing them to a key it creates), as of server time
+    ``now``; None if the pool holds fewer. InvalidRow if unreadable."""
+    doc = read_doc(doc_id, fields)
+    state = _State.of(doc)
+    sets: dict[str, Any] = {}
+    if doc.is_edited:
+        state.rebase(doc.pool)
+    if doc.refill is not None and is_refill_due(doc.refill, doc.balance_for, now):
+        state.rebase(doc.refill.amount)
+        sets["refilled_for"] = doc.refill.period(_moment(now))
+    if not doc.has_credits or state.pool < amount:
+        return None
+    state.pool -= amount
+    sets["credits"] = sets["credits_written"] = state.pool
+    if state.rebased:
+        sets["credits_epoch"] = state.epoch
+        sets["leases"] = {}
+        sets["stranded"] = {}
+    return sets
 
 
 @dataclass
@@ -486,64 +384,5 @@ def _share(wanted: int, needed: int, available: int) -> int:
     return min(available, max(needed, min(wanted, -(-available // 4))))
 
 
-def _is_due(refill: Refill, balance_for: str | None, now: float) -> bool:
-    """True if the refill period at ``now`` is later than the balance's."""
-    return balance_for is None or refill.period(_moment(now)) > balance_for
-
-
 def _moment(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _entries(value: Any) -> dict[str, Entry]:
-    if not isinstance(value, Mapping):
-        return {}
-    entries = {}
-    for holder, raw in value.items():
-        if not isinstance(raw, Mapping):
-            continue
-        at = raw.get("at")
-        window = raw.get("window")
-        entries[holder] = Entry(
-            credits=_count(raw.get("credits")),
-            base=_count(raw.get("base")),
-            spent=_count(raw.get("spent")),
-            window=window if type(window) is int else None,
-            rate=_count(raw.get("rate")),
-            rate_base=_count(raw.get("rate_base")),
-            at=at.timestamp() if isinstance(at, datetime) else None,
-        )
-    return entries
-
-
-def _stranded(value: Any) -> dict[str, Stranded]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {
-        holder: Stranded(
-            _count(raw.get("held")), _count(raw.get("credits")), _count(raw.get("base"))
-        )
-        for holder, raw in value.items()
-        if isinstance(raw, Mapping)
-    }
-
-
-__all__ = [
-    "Ask",
-    "Change",
-    "Entry",
-    "Grant",
-    "InvalidRow",
-    "LimitDoc",
-    "Stranded",
-    "plan",
-    "read_doc",
-]

@@ -3,48 +3,19 @@ gets, what Firestore holds after, and that a lost answer changes nothing."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from keystore import ApiKeyStore, BrokenRow, KeyNotFound, Settings
+from keystore.dependency import rate_limit_headers
 from keystore.errors import CreditsExhausted, RateLimited, StoreUnavailable
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Timer
 from tests.interceptors import LoseAnswers, Recorder
+from tests.limits.helpers import row, spend, spend_all
 from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    """A wall clock that moves only when told to."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-async def _spend_all(store: ApiKeyStore, key: str, n: int, cost: int = 1) -> int:
-    """Spend up to ``n`` requests; the number let through."""
-    accepted = 0
-    for _ in range(n):
-        record = await store.verify(key)
-        try:
-            await store.spend(record, cost)
-        except (CreditsExhausted, RateLimited):
-            continue
-        accepted += 1
-    return accepted
-
-
-async def _row(settings: Settings, key_id: str) -> dict[str, Any]:
-    async with ApiKeyStore(settings) as store:
-        row = await store.limiter.ledger.read(settings.collection, key_id, cause="t")
-    assert isinstance(row, dict)
-    return row
 
 
 async def test_credits_are_spent_exactly_and_the_rest_given_back(
@@ -52,15 +23,15 @@ async def test_credits_are_spent_exactly_and_the_rest_given_back(
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", credits=50)
-        assert await _spend_all(store, made.key, 20) == 20
-    row = await _row(settings, made.record.id)
-    assert row["credits"] == 30  # what was held and not spent came back
-    assert all(entry["credits"] == 0 for entry in row["leases"].values())
+        assert await spend_all(store, made.key, 20) == 20
+    found = await row(settings, made.record.id)
+    assert found["credits"] == 30  # what was held and not spent came back
+    assert found["leases"] == {}
     async with ApiKeyStore(settings) as store:
         assert (await store.limits(made.record.id)).credits == 30
-        assert await _spend_all(store, made.key, 40) == 30
+        assert await spend_all(store, made.key, 40) == 30
         with pytest.raises(CreditsExhausted) as refused:
-            await store.spend(await store.verify(made.key))
+            await spend(store, made.key)
         assert refused.value.retry_after is None  # no refill: no time will tell
         assert store.limiter.refused["credits"] == 11
 
@@ -68,14 +39,14 @@ async def test_credits_are_spent_exactly_and_the_rest_given_back(
 async def test_a_route_decides_what_a_request_costs(settings: Settings) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", credits=10)
-        assert await _spend_all(store, made.key, 3, cost=3) == 3
-        assert await _spend_all(store, made.key, 5, cost=0) == 5  # verify only
-        assert await _spend_all(store, made.key, 2, cost=3) == 0
-        assert await _spend_all(store, made.key, 1, cost=1) == 1
+        assert await spend_all(store, made.key, 3, cost=3) == 3
+        assert await spend_all(store, made.key, 5, cost=0) == 5  # verify only
+        assert await spend_all(store, made.key, 2, cost=3) == 0
+        assert await spend_all(store, made.key, 1, cost=1) == 1
         record = await store.verify(made.key)
         await store.spend(record, 0)
         assert record.credits_left == 0  # the route sees what is left
-    assert (await _row(settings, made.record.id))["credits"] == 0
+    assert (await row(settings, made.record.id))["credits"] == 0
 
 
 async def test_a_shared_rate_limit_lets_through_its_limit_per_window(
@@ -83,11 +54,11 @@ async def test_a_shared_rate_limit_lets_through_its_limit_per_window(
 ) -> None:
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", rate_limit=parse_rate_limit("30/1m"))
-        assert await _spend_all(store, made.key, 45) == 30
+        assert await spend_all(store, made.key, 45) == 30
         with pytest.raises(RateLimited) as refused:
-            await store.spend(await store.verify(made.key))
+            await spend(store, made.key)
         assert 1 <= (refused.value.retry_after or 0) <= 60
-        headers = store.limiter.headers(await store.verify(made.key))
+        headers = rate_limit_headers(store.rate_limits(await store.verify(made.key)))
         assert headers["RateLimit-Policy"] == '"key";q=30;w=60'
         assert headers["RateLimit"].startswith('"key";r=0;t=')
         # Leases held: a few Firestore writes, not one per request.
@@ -98,7 +69,7 @@ async def test_a_short_window_is_counted_in_the_process(settings: Settings) -> N
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", rate_limit=parse_rate_limit("5/2s"))
         writes = store.writes["limits"]
-        accepted = await _spend_all(store, made.key, 8)
+        accepted = await spend_all(store, made.key, 8)
         assert accepted in (5, 10)  # 10 only if a window ended meanwhile
         assert store.writes["limits"] == writes  # never leased
 
@@ -107,30 +78,34 @@ async def test_refused_by_the_rate_limit_spends_no_credit(settings: Settings) ->
     rate = parse_rate_limit("3/1h")
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="n", rate_limit=rate, credits=10)
-        assert await _spend_all(store, made.key, 6) == 3
-    row = await _row(settings, made.record.id)
-    assert row["credits"] == 7
+        assert await spend_all(store, made.key, 6) == 3
+    found = await row(settings, made.record.id)
+    assert found["credits"] == 7
 
 
 async def test_a_refill_replaces_the_balance_once_per_period(
     settings: Settings,
 ) -> None:
-    clock = Clock(datetime(2026, 12, 1, 23, 59, tzinfo=UTC))
-    refill = parse_refill("4/day")
-    async with ApiKeyStore(settings, clock=clock) as store:
-        made = await store.create(name="n", credits=2, refill=refill)
-        assert await _spend_all(store, made.key, 5) == 2
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="n", credits=2, refill=parse_refill("4/day"))
+        # The credits set today hold until tomorrow's refill.
+        assert await spend_all(store, made.key, 5) == 2
         with pytest.raises(CreditsExhausted) as refused:
-            await store.spend(await store.verify(made.key))
-        assert 1 <= (refused.value.retry_after or 0) <= 60  # till midnight
-        clock.now += timedelta(minutes=2)  # the next day
-        assert await _spend_all(store, made.key, 6) == 4
-    async with ApiKeyStore(settings, clock=clock) as other:
+            await spend(store, made.key)
+        assert 1 <= (refused.value.retry_after or 0) <= 86_400  # till midnight
+    # As if the balance was from yesterday: a new day's first lease refills.
+    await console_edit(
+        settings, made.record.id, credits_set_at=None, refilled_for="2000-01-01"
+    )
+    async with ApiKeyStore(settings) as store:
+        assert await spend_all(store, made.key, 6) == 4
+    async with ApiKeyStore(settings) as other:
         # Another process in the same period finds it applied: not again.
-        assert await _spend_all(other, made.key, 3) == 0
+        assert await spend_all(other, made.key, 3) == 0
         view = await other.limits(made.record.id)
         assert view.credits == 0
-        assert view.next_refill == datetime(2026, 12, 3, tzinfo=UTC)
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        assert view.next_refill == today + timedelta(days=1)
 
 
 async def test_a_lease_whose_answer_is_lost_is_not_applied_twice(
@@ -142,13 +117,13 @@ async def test_a_lease_whose_answer_is_lost_is_not_applied_twice(
     lose = LoseAnswers(count=1)
     async with ApiKeyStore(settings, interceptors=[lose]) as store:
         with pytest.raises(StoreUnavailable):
-            await store.spend(await store.verify(made.key))
+            await spend(store, made.key)
         assert lose.lost == 1
         await asyncio.sleep(settings.retry_after + 0.1)
-        accepted = await _spend_all(store, made.key, 10)
+        accepted = await spend_all(store, made.key, 10)
         assert accepted == 10
-    row = await _row(settings, made.record.id)
-    assert row["credits"] == 90
+    found = await row(settings, made.record.id)
+    assert found["credits"] == 90
 
 
 async def test_processes_never_share_out_more_credits_than_there_are(
@@ -162,7 +137,7 @@ async def test_processes_never_share_out_more_credits_than_there_are(
     try:
 
         async def hammer(store: ApiKeyStore) -> int:
-            return await _spend_all(store, made.key, 40)
+            return await spend_all(store, made.key, 40)
 
         accepted = sum(await asyncio.gather(*(hammer(s) for s in stores)))
         assert accepted <= 60
@@ -170,7 +145,7 @@ async def test_processes_never_share_out_more_credits_than_there_are(
         for store in stores:
             await store.aclose()
     # What a store held when its requests ended went back: nothing lost.
-    assert (await _row(settings, made.record.id))["credits"] == 60 - accepted
+    assert (await row(settings, made.record.id))["credits"] == 60 - accepted
 
 
 async def test_an_operator_adding_credits_by_hand_takes_effect(
@@ -178,10 +153,10 @@ async def test_an_operator_adding_credits_by_hand_takes_effect(
 ) -> None:
     async with ApiKeyStore(settings, timer=timer) as store:
         made = await store.create(name="n", credits=2)
-        assert await _spend_all(store, made.key, 4) == 2
+        assert await spend_all(store, made.key, 4) == 2
         await console_edit(settings, made.record.id, credits=5)
         timer.tick(settings.cache_ttl + 1)  # the row is read again
-        assert await _spend_all(store, made.key, 8) == 5
+        assert await spend_all(store, made.key, 8) == 5
 
 
 async def test_a_limit_of_the_wrong_type_makes_the_row_invalid(
@@ -201,8 +176,8 @@ async def test_owner_limits_apply_to_all_its_keys(settings: Settings) -> None:
         await store.set_owner_limits("acme", credits=5)
         first = await store.create(name="a", owner="acme")
         second = await store.create(name="b", owner="acme", credits=100)
-        assert await _spend_all(store, first.key, 3) == 3
-        assert await _spend_all(store, second.key, 5) == 2
+        assert await spend_all(store, first.key, 3) == 3
+        assert await spend_all(store, second.key, 5) == 2
         assert [k.id for k in await store.list_keys(owner="acme")] == [
             first.record.id,
             second.record.id,
@@ -221,9 +196,9 @@ async def test_recorder_sees_no_firestore_call_while_leases_last(
     async with ApiKeyStore(settings) as admin:
         made = await admin.create(name="n", credits=1000)
     async with ApiKeyStore(settings, interceptors=recorder.interceptors) as store:
-        await _spend_all(store, made.key, 5)
+        await spend_all(store, made.key, 5)
         before = len(recorder.calls)
         waits = store.limiter.waits
-        await _spend_all(store, made.key, 1)
+        await spend_all(store, made.key, 1)
         assert store.limiter.waits == waits
         assert len(recorder.calls) - before <= 2  # at most a top-up, not waited for

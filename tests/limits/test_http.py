@@ -10,6 +10,7 @@ from api.main import create_app
 from keystore import Settings, get_store, reset_store
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Emulator, serve
+from tests.limits.helpers import row
 
 pytestmark = pytest.mark.anyio
 
@@ -146,27 +147,65 @@ async def test_the_admin_api_takes_and_returns_limits(
 
 
 async def test_a_limited_admin_cannot_hand_out_more_than_it_has(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, settings: Settings
 ) -> None:
     actor = await get_store().create(
         name="reseller",
         scopes=["admin"],
         rate_limit=parse_rate_limit("100/1m"),
-        credits=1000,
+        credits=250,
     )
     admin = {"x-api-key": actor.key}
     for body in (
         {"name": "x"},  # no limits at all
-        {"name": "x", "rate_limit": "200/1m", "credits": 10},
-        {"name": "x", "rate_limit": "10/1m", "credits": 5000},
-        {"name": "x", "rate_limit": "10/1m", "refill": "10/day"},
+        {"name": "x", "rate_limit": "200/1m", "credits": 10},  # faster
+        {"name": "x", "rate_limit": "10/1m", "credits": 5000},  # more than it has
+        {"name": "x", "rate_limit": "10/1m", "refill": "10/day"},  # a refill
     ):
         r = await client.post("/admin/keys", json=body, headers=admin)
         assert r.status_code == 403, (body, r.text)
-    body = {"name": "x", "rate_limit": "1/1s", "credits": 10}
-    r = await client.post("/admin/keys", json=body, headers=admin)
+    # Credits are paid for with its own: across creates, never more than held.
+    made = []
+    for _ in range(3):
+        body = {"name": "x", "rate_limit": "1/1s", "credits": 100}
+        made.append(await client.post("/admin/keys", json=body, headers=admin))
+    assert [r.status_code for r in made] == [201, 201, 403]
+    assert "Cannot grant 100 credits" in made[2].json()["detail"]
+    # 250, less 200 handed out, less the 7 requests made so far (1 each).
+    assert (await row(settings, actor.record.id))["credits"] == 250 - 200 - 7
+    key_id = made[0].json()["id"]
+    for patch in ({"credits": None}, {"credits": 1000}, {"refill": "5/day"}):
+        r = await client.patch(f"/admin/keys/{key_id}", json=patch, headers=admin)
+        assert r.status_code == 403, (patch, r.text)
+    # Rotation moves limits, so it hands out nothing; but only of a key it
+    # could have made itself.
+    r = await client.post(f"/admin/keys/{key_id}/rotate", json={}, headers=admin)
     assert r.status_code == 201, r.text
-    r = await client.patch(
-        f"/admin/keys/{r.json()['id']}", json={"credits": None}, headers=admin
+    free = await get_store().create(name="free", scopes=["admin"])
+    r = await client.post(f"/admin/keys/{free.record.id}/rotate", headers=admin)
+    assert r.status_code == 403, r.text
+
+
+async def test_an_admin_with_an_owner_makes_keys_of_that_owner_only(
+    client: httpx.AsyncClient,
+) -> None:
+    store = get_store()
+    await store.set_owner_limits("acme", credits=1000)
+    actor = await store.create(name="acme-admin", scopes=["admin"], owner="acme")
+    admin = {"x-api-key": actor.key}
+    r = await client.post(
+        "/admin/keys", json={"name": "x", "owner": "other"}, headers=admin
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
+    r = await client.post("/admin/keys", json={"name": "x"}, headers=admin)
+    assert (r.status_code, r.json()["owner"]) == (201, "acme")
+    # Its keys' own credits only bound them further: the owner's pool is shared.
+    r = await client.patch(
+        f"/admin/keys/{r.json()['id']}", json={"credits": 10**6}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    for patch in ({"owner": None}, {"owner": "other"}):
+        r = await client.patch(
+            f"/admin/keys/{actor.record.id}", json=patch, headers=admin
+        )
+        assert r.status_code == 403, r.text

@@ -8,14 +8,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from keystore import ApiKeyStore, Settings
-from keystore.ledger import describe
 from keystore.limits import parse_rate_limit
 from tests.conftest import Server, running_server
 
@@ -144,6 +142,45 @@ async def test_a_killed_process_strands_at_most_its_lease_never_more(
     assert given - (left + accepted) <= stranded <= 100
 
 
+async def test_a_process_stopped_past_its_lease_expiry_spends_none_of_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    given = 1000
+    async with ApiKeyStore(settings) as store:
+        made = await store.create(name="k", credits=given)
+    env = {"KEYSTORE_LEASE_EXPIRY": "3", "KEYSTORE_LEASE_SECONDS": "1"}
+    with servers(tmp_path, settings, **env) as procs:
+        bases = [p.base for p in procs]
+        async with httpx.AsyncClient(timeout=30) as http:
+            first = await drive(http, bases, made.key, rate=60, seconds=2)
+            stopped = procs[0].process
+            stopped.send_signal(signal.SIGSTOP)  # no CPU, as a throttled instance
+            # Fresh connections to it: one kept alive from before could be
+            # closed by its keep-alive timeout the moment it runs again.
+            fresh = httpx.AsyncClient(
+                timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+            )
+            try:
+                # Requests reach it meanwhile; the others sweep its lease.
+                waiting = asyncio.ensure_future(
+                    drive(fresh, bases[:1], made.key, rate=5, seconds=1)
+                )
+                second = await drive(http, bases[1:], made.key, rate=60, seconds=4)
+                _, _, stranded = await _left(settings, made.record.id)
+                assert stranded > 0  # recorded: its holder had no CPU
+            finally:
+                stopped.send_signal(signal.SIGCONT)
+            third = await waiting  # answered once it runs again
+            await fresh.aclose()
+            fourth = await drive(http, bases, made.key, rate=60, seconds=1)
+    accepted = sum(d[200] for d in (first, second, third, fourth))
+    left, held, stranded = await _left(settings, made.record.id)
+    # Nothing of what was recorded stranded was spent: back, the process
+    # gave it back exactly; and with no process killed, nothing is missing.
+    assert (held, stranded) == (0, 0)
+    assert left + accepted == given
+
+
 async def test_rate_limits_hold_across_processes_even_and_uneven(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -209,9 +246,3 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
-
-
-def test_describe_reads_a_due_refill_as_the_refill() -> None:
-    doc = {"credits": 3, "refill_amount": 10, "refill_interval": "day"}
-    view = describe("k", doc, datetime(2026, 12, 1, tzinfo=UTC))
-    assert (view.credits, view.held) == (10, 0)

@@ -8,10 +8,12 @@ import logging
 import pytest
 
 from keystore import ApiKeyStore, BrokenRow, KeyNotFound, Settings, StoreUnavailable
+from keystore.dependency import rate_limit_headers
 from keystore.errors import RateLimited
 from keystore.limits import parse_rate_limit
+from tests import console
 from tests.conftest import Emulator
-from tests.test_limits import _spend_all
+from tests.limits.helpers import row, spend, spend_all
 from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
@@ -30,9 +32,9 @@ async def test_a_short_window_refuses_past_its_limit_in_each_process(
         with pytest.raises(RateLimited) as refused:
             await store.spend(record)
         assert 1 <= (refused.value.retry_after or 0) <= 5
-        headers = store.limiter.headers(record)
+        headers = rate_limit_headers(store.rate_limits(record))
         assert headers["RateLimit"].startswith('"key";r=0;')
-        assert await _spend_all(store, made.key, 4) == 3
+        assert await spend_all(store, made.key, 4) == 3
 
 
 async def test_a_key_and_its_owner_each_have_their_rate_limit_item(
@@ -48,7 +50,7 @@ async def test_a_key_and_its_owner_each_have_their_rate_limit_item(
         )
         record = await store.verify(made.key)
         await store.spend(record)
-        headers = store.limiter.headers(record)
+        headers = rate_limit_headers(store.rate_limits(record))
         assert headers["RateLimit-Policy"] == '"key";q=10;w=60, "owner";q=50;w=60'
         key_item, owner_item = headers["RateLimit"].split(", ")
         assert key_item.startswith('"key";r=9;t=')
@@ -61,9 +63,9 @@ async def test_an_owner_without_a_document_has_no_limits(settings: Settings) -> 
     )
     async with ApiKeyStore(owners) as store:
         made = await store.create(name="n", owner="nobody")
-        assert await _spend_all(store, made.key, 5) == 5
+        assert await spend_all(store, made.key, 5) == 5
         assert await store.owner_limits("nobody") is None
-        assert store.limiter.headers(await store.verify(made.key)) == {}
+        assert rate_limit_headers(store.rate_limits(await store.verify(made.key))) == {}
 
 
 async def test_a_broken_owner_document_fails_closed_with_a_warning(
@@ -74,8 +76,8 @@ async def test_a_broken_owner_document_fails_closed_with_a_warning(
     )
     async with ApiKeyStore(owners) as store:
         await store.set_owner_limits("acme", credits=5)
-        await store.limiter.ledger.change(
-            owners.owners_collection, "acme", lambda doc: {"credits": "many"}, cause="t"
+        await console.edit(  # an operator, by hand
+            settings, "acme", collection=owners.owners_collection, credits="many"
         )
         made = await store.create(name="n", owner="acme")
         record = await store.verify(made.key)
@@ -90,14 +92,21 @@ async def test_a_broken_owner_document_fails_closed_with_a_warning(
 async def test_a_key_revoked_while_its_lease_runs_out_is_refused(
     settings: Settings,
 ) -> None:
-    async with ApiKeyStore(settings) as store:
+    # Refused "out of credits" from memory for at most the recheck time
+    # (min(cache TTL, 5 s)); then the next lease finds the row gone.
+    quick = settings.model_copy(update={"cache_ttl": 0.2})
+    async with ApiKeyStore(quick) as store:
         made = await store.create(name="n", credits=1)
         record = await store.verify(made.key)
         await store.spend(record)
         async with ApiKeyStore(settings) as other:
             await other.revoke(made.record.id)
-        with pytest.raises(KeyNotFound):
-            await store.spend(record)  # the lease found the row gone
+        await asyncio.sleep(0.3)
+        reads = store.reads["limits"]
+        for _ in range(3):
+            with pytest.raises(KeyNotFound):
+                await store.spend(record)
+        assert store.reads["limits"] == reads + 1  # gone: not read again
 
 
 async def test_credits_spent_are_counted_per_day(settings: Settings) -> None:
@@ -116,15 +125,13 @@ async def test_a_lease_held_long_is_renewed_before_it_expires(
     quick = settings.model_copy(update={"lease_expiry": 0.6, "lease_seconds": 30})
     async with ApiKeyStore(quick) as store:
         made = await store.create(name="n", credits=1000)
-        assert await _spend_all(store, made.key, 2) == 2
+        assert await spend_all(store, made.key, 2) == 2
         writes = store.writes["limits"]
         async with asyncio.timeout(3):
             while store.writes["limits"] == writes:  # the sweeper renews it
                 await asyncio.sleep(0.05)
-        row = await store.limiter.ledger.read(
-            settings.collection, made.record.id, cause="t"
-        )
-        assert row is not None and list(row["leases"].values())[0]["credits"] > 0
+        found = await row(settings, made.record.id)
+        assert list(found["leases"].values())[0]["credits"] > 0
 
 
 async def test_a_give_back_in_an_outage_is_logged_and_strands_the_lease(
@@ -135,7 +142,7 @@ async def test_a_give_back_in_an_outage_is_logged_and_strands_the_lease(
     fast = settings.model_copy(update={"timeout": 0.5})
     store = ApiKeyStore(fast)
     await store.open()
-    assert await _spend_all(store, made.key, 2) == 2
+    assert await spend_all(store, made.key, 2) == 2
     emulator.pause()
     try:
         with caplog.at_level(logging.WARNING):
@@ -160,3 +167,42 @@ async def test_an_owner_that_is_not_a_document_id_is_refused(
         await console_edit(settings, made.record.id, owner="__x__")
         broken = await store.get(made.record.id)
         assert isinstance(broken, BrokenRow) and broken.field == "owner"
+
+
+async def test_a_broken_owner_document_is_read_once_per_pause(
+    settings: Settings,
+) -> None:
+    owners = settings.model_copy(
+        update={"owners_collection": f"o_{settings.collection}", "retry_after": 30}
+    )
+    await console.add(
+        settings,
+        "acme",
+        {"rate_limit": "100", "rate_window_seconds": 60},
+        collection=owners.owners_collection,
+    )
+    async with ApiKeyStore(owners) as a:
+        made = await a.create(name="n", owner="acme")
+        reads = a.reads["limits"]
+        for _ in range(50):
+            with pytest.raises(StoreUnavailable):
+                await spend(a, made.key)
+        assert a.reads["limits"] - reads == 1
+
+
+async def test_idle_allowances_are_given_back_and_dropped(settings: Settings) -> None:
+    quick = settings.model_copy(update={"lease_seconds": 0.1})
+    async with ApiKeyStore(quick) as a:
+        made = [await a.create(name=f"k{i}", credits=100) for i in range(5)]
+        for key in made:
+            assert await spend_all(a, key.key, 2) == 2
+        assert len(a.limiter) == 5
+        async with asyncio.timeout(3):
+            while len(a.limiter):  # the sweeper: given back, then dropped
+                await asyncio.sleep(0.05)
+        reads, writes = a.reads["limits"], a.writes["limits"]
+        await asyncio.sleep(0.5)  # several sweeps: nothing left to read or write
+        assert (a.reads["limits"], a.writes["limits"]) == (reads, writes)
+    for key in made:
+        found = await row(settings, key.record.id)
+        assert (found["credits"], found["leases"]) == (98, {})
