@@ -10,6 +10,7 @@ way on it loses its answer, landed or not); gRPC reconnects within a second.
 
 import asyncio
 import random
+import threading
 from dataclasses import dataclass, field
 
 CHUNK = 65_536
@@ -17,7 +18,9 @@ CHUNK = 65_536
 
 @dataclass
 class FaultyLink:
-    """Listens on ``port`` and forwards to ``target`` (host, port)."""
+    """Listens on ``port`` and forwards to ``target`` (host, port), on an event
+    loop of its own thread: the harness's may block (waiting for a server to
+    stop, say) while the servers still need Firestore."""
 
     target: tuple[str, int]
     rate: float = 0.0
@@ -26,20 +29,25 @@ class FaultyLink:
     #: Chunks held up, and connections cut.
     delayed: int = 0
     cut: int = 0
-    _server: asyncio.Server | None = None
     _rng: random.Random = field(init=False)
+    _loop: asyncio.AbstractEventLoop = field(init=False)
+    _thread: threading.Thread = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+    def start(self) -> None:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._link, "127.0.0.1", 0), self._loop
+        )
+        self.port = future.result(10).sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
     async def _link(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter

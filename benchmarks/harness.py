@@ -216,5 +216,8 @@ def guarded(quick: bool, run: Callable[[Bench], Coroutine[Any, Any, int]]) -> in
             emulator.stop()
         except (BenchmarkError, OSError) as exc:
             print(f"could not stop the emulator: {exc}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("KEYSTORE_BENCH_KEEP"):
+            print(f"the work folder (servers' logs) is kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return status

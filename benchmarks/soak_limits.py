@@ -45,6 +45,7 @@ class Key:
     owner: str | None = None
     accepted: int = 0
     left: int = 0
+    held: int = 0
     stranded: int = 0
     served: int = 0
     counted: int = 0
@@ -85,7 +86,7 @@ async def run(bench: Bench) -> Section:
     emulator = (HOST, bench.emulator.port)
     soak.links = [FaultyLink(emulator, seed=i) for i in range(SERVERS)]
     for link in soak.links:
-        await link.start()
+        link.start()
     env = {
         "KEYSTORE_COLLECTION": settings.collection,
         "KEYSTORE_OWNERS_COLLECTION": settings.owners_collection,
@@ -93,6 +94,7 @@ async def run(bench: Bench) -> Section:
         "KEYSTORE_LEASE_SECONDS": "2",
         "KEYSTORE_RETRY_AFTER": "1",
         "KEYSTORE_USAGE_FLUSH_INTERVAL": "3600",  # at shutdown only
+        "KEYSTORE_LOG_LEVEL": "INFO",
     }
     try:
         async with (
@@ -115,7 +117,7 @@ async def run(bench: Bench) -> Section:
             await _soak(bench, [s0, s1, s2], soak)
     finally:
         for link in soak.links:
-            await link.close()
+            link.close()
     await _tally(settings, soak)
     soak.log = "\n".join(
         (bench.work / f"soak-limits-{i}.log").read_text(errors="replace")
@@ -167,10 +169,12 @@ async def _tally(settings: Settings, soak: Soak) -> None:
         if a.status == 200 and a.tag.split()[0] != "0"
     )
     accepted = Counter(a.tag.split()[1] for a in soak.stream.answers if a.status == 200)
+    swept = Counter[str]()
     async with ApiKeyStore(settings) as store:
         for key in soak.keys:
-            record = await store.verify(key.key)
-            await store.spend(record, 0)  # a lease: it sweeps the stale entries
+            # A request's lease sweeps the stale entries (it costs a credit).
+            await store.spend(await store.verify(key.key), 1)
+            swept[key.key_id] += 1
     async with ApiKeyStore(settings) as store:
         for key in soak.keys:
             view = (
@@ -179,8 +183,8 @@ async def _tally(settings: Settings, soak: Soak) -> None:
                 else await store.limits(key.key_id)
             )
             assert view is not None and view.credits is not None
-            key.left, key.stranded = view.credits - view.held, view.stranded
-            key.accepted = accepted[key.key_id]
+            key.left, key.stranded, key.held = view.credits, view.stranded, view.held
+            key.accepted = accepted[key.key_id] + swept[key.key_id]
             key.served = served[key.key_id]
             row = await store.get(key.key_id)
             key.counted = row.usage_count if isinstance(row, ApiKey) else -1
@@ -198,7 +202,7 @@ def _section(soak: Soak) -> Section:
         s.add(
             f"{key.name}: credits accepted + left, stranded",
             f"{key.accepted:,} + {key.left:,} = {key.accepted + key.left:,}, "
-            f"{key.stranded:,} stranded",
+            f"{key.stranded:,} stranded, {key.held:,} still held",
             f"{key.given:,} given",
             judged("≤ given ≤ that + stranded", exact),
         )
@@ -236,4 +240,7 @@ def _section(soak: Soak) -> Section:
     )
     s.failures = problems
     s.notes += [f"FAILED: {p}." for p in problems]
+    if problems:
+        lines = [line for line in soak.log.splitlines() if line.strip()][-40:]
+        s.notes.append("The servers' logs, last lines:\n\n    " + "\n    ".join(lines))
     return s

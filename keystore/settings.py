@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     #: A lease not renewed for this long is taken to be a stopped process's,
     #: and its credits recorded as stranded, seconds.
     lease_expiry: Positive = 600.0
+    #: How long closing the store (at SIGTERM) may take, seconds: leases given
+    #: back and usage counts written, each tried again until then. Cloud Run
+    #: allows 10 s after SIGTERM.
+    shutdown_seconds: Positive = 8.0
     #: json (Cloud Logging) or text; json by default on Cloud Run (K_SERVICE).
     log_format: Annotated[Literal["json", "text"], Lower] = Field(
         default_factory=_default_log_format

@@ -47,11 +47,6 @@ from keystore.usage import UsageCounter
 
 logger = logging.getLogger(__name__)
 
-#: At shutdown, tries of the last give-backs and usage writes, each within
-#: the call deadline, so that a lost answer does not strand them.
-_SHUTDOWN_TRIES = 3
-
-
 class ApiKeyStore:
     """API keys kept as hashed rows in Firestore, with a cache in front.
 
@@ -147,11 +142,15 @@ class ApiKeyStore:
 
     async def aclose(self) -> None:
         """Give back what the leases hold unspent, write pending usage counts,
-        then close the Firestore client. Never raises: what could not be
-        written is logged."""
+        then close the Firestore client, within ``settings.shutdown_seconds``.
+        Never raises: what could not be given back or written is logged."""
+        timer = time.monotonic  # real time: the shutdown's own budget
+        deadline = timer() + self.settings.shutdown_seconds
         await self.limiter.sweeper.stop()
         try:
-            held = await self.limiter.give_back(insist=True, tries=_SHUTDOWN_TRIES)
+            # Half the time for the leases; what is left, for the counts.
+            seconds = self.settings.shutdown_seconds / 2
+            held = await self.limiter.give_back(insist=True, seconds=seconds)
         except Exception:
             logger.exception("The leases could not be given back.")
             held = -1
@@ -163,13 +162,13 @@ class ApiKeyStore:
                 held if held > 0 else "some",
             )
         await self.source.stop()
-        # A flush under way finishes; then the last one, past any pause.
-        await self._flusher.stop(drain=self.settings.timeout * _SHUTDOWN_TRIES)
-        for _ in range(_SHUTDOWN_TRIES):
-            if not len(self._usage):
-                break
+        # A flush under way finishes; then the last ones, past any pause.
+        await self._flusher.stop(drain=max(0.0, deadline - timer()))
+        while len(self._usage) and timer() < deadline:
             with contextlib.suppress(Exception):
                 await self._usage.flush(insist=True)
+            if len(self._usage):
+                await asyncio.sleep(min(0.2, max(0.0, deadline - timer())))
         if len(self._usage):
             logger.warning(
                 "Usage counts of %d key-days could not be written: Firestore "

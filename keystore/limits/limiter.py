@@ -511,14 +511,17 @@ class Limiter:
         if a.holds_anything and a.op is None:
             await asyncio.shield(self._start(a, give_back=True))
 
-    async def give_back(self, *, insist: bool = False, tries: int = 1) -> int:
-        """Give back everything held (at shutdown: ``insist``, up to ``tries``
-        times each); the number of documents still holding a lease of ours."""
+    async def give_back(self, *, insist: bool = False, seconds: float = 0.0) -> int:
+        """Give back everything held; at shutdown (``insist``), trying again
+        for up to ``seconds``. The number of documents still holding a lease
+        of ours."""
+        # Real time, not the injectable timer: a shutdown's own budget.
+        deadline = time.monotonic() + seconds
         # An op under way may bring a lease (a first one, say): wait for it.
         pending = [
             a for a in self._allowances.values() if a.holds_anything or a.op is not None
         ]
-        for _ in range(tries):
+        while True:
             for a in pending:
                 if a.op is not None:
                     await asyncio.shield(a.op)  # a top-up under way: then back
@@ -529,6 +532,6 @@ class Limiter:
             ]
             await asyncio.gather(*(asyncio.shield(op) for op in ops))
             pending = [a for a in pending if a.holds_anything]
-            if not pending:
-                break
-        return len(pending)
+            if not pending or time.monotonic() >= deadline:
+                return len(pending)
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -607,7 +607,7 @@ class Sim:
         for proc in self.procs:
             if not proc.dead:
                 await asyncio.gather(*proc.tasks, return_exceptions=True)
-                left = await proc.limiter.give_back(tries=3)
+                left = await proc.limiter.give_back()
                 if left:
                     self.fail(f"{proc.name} could not give back with no faults")
         self.now += EXPIRY * 2

@@ -139,7 +139,7 @@ async def test_a_give_back_in_an_outage_is_logged_and_strands_the_lease(
 ) -> None:
     async with ApiKeyStore(settings) as admin:
         made = await admin.create(name="n", credits=100)
-    fast = settings.model_copy(update={"timeout": 0.5})
+    fast = settings.model_copy(update={"timeout": 0.5, "shutdown_seconds": 1})
     store = ApiKeyStore(fast)
     await store.open()
     assert await spend_all(store, made.key, 2) == 2
