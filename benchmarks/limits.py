@@ -59,13 +59,17 @@ async def run(bench: Bench) -> Section:
 
 async def _hot_path(s: Section, quick: bool, settings: Settings, keys: Keys) -> None:
     async with ApiKeyStore(settings) as store:
-
+        # As the dependency checks a key: verify, then let it through (which
+        # counts the use, and spends from the limits if it has any).
         async def verify() -> object:
-            return await store.verify(keys["plain"])
+            record = await store.verify(keys["plain"])
+            store.try_spend(record)
+            return record
 
         async def with_limits() -> object:
             record = await store.verify(keys["limited"])
-            await store.spend(record)
+            if not store.try_spend(record):
+                await store.spend(record)
             return record
 
         await with_limits()  # the first lease is taken: what follows is warm
@@ -73,7 +77,7 @@ async def _hot_path(s: Section, quick: bool, settings: Settings, keys: Keys) -> 
         us = await per_call_us(calls, quick)
     slower = ratio(us["limits"], us["verify"])
     s.add(
-        "µs per warm check, rate limit + credits (`verify` + `spend`), in process",
+        "µs per warm check, rate limit + credits (`verify` + `try_spend`), in process",
         f"{us['limits']:.2f}",
         f"{us['verify']:.2f} without limits; {us['set']:.2f} set lookup",
         judged("≤ 1.5x", slower <= 1.5, f"{slower:.2f}x"),

@@ -47,6 +47,7 @@ from keystore.usage import UsageCounter
 
 logger = logging.getLogger(__name__)
 
+
 class ApiKeyStore:
     """API keys kept as hashed rows in Firestore, with a cache in front.
 

@@ -44,6 +44,12 @@ class UsageCounter:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._collection = collection
+        # Today's counts by key id, in plain dicts (this runs per request);
+        # earlier days', by (key id, day), once a day has ended.
+        self._day = -1
+        self._day_ends = 0.0
+        self._today: dict[str, int] = {}
+        self._today_credits: dict[str, int] = {}
         self._pending: Counter[tuple[str, int]] = Counter()
         self._credits: Counter[tuple[str, int]] = Counter()
         # Writes that failed, by write id: sent again as they were.
@@ -58,21 +64,42 @@ class UsageCounter:
         self.full = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._pending.keys() | self._credits.keys()) + len(self._unsent)
+        """Key-days of counts not yet written (a key counted today and before
+        the last flush may count twice)."""
+        pending = len(self._pending.keys() | self._credits.keys())
+        return (
+            len(self._today.keys() | self._today_credits.keys())
+            + pending
+            + len(self._unsent)
+        )
 
     def add(self, key_id: str, credits: int = 0) -> None:
         """Count one use of ``key_id`` now, charged ``credits``; no I/O."""
-        key_day = key_id, int(self._wall_clock()) // _DAY_SECONDS
-        self._pending[key_day] += 1
+        if self._wall_clock() >= self._day_ends:
+            self._roll()
+        today = self._today
+        today[key_id] = today.get(key_id, 0) + 1
         if credits:
-            self._credits[key_day] += credits
-        if len(self._pending) >= self._max_pending:
+            self._today_credits[key_id] = self._today_credits.get(key_id, 0) + credits
+        if len(today) >= self._max_pending:
             self.full.set()
+
+    def _roll(self) -> None:
+        """Move today's counts to the batch of (key, day) counts; a new day
+        starts counting if the clock says so."""
+        for key_id, count in self._today.items():
+            self._pending[key_id, self._day] += count
+        for key_id, credits in self._today_credits.items():
+            self._credits[key_id, self._day] += credits
+        self._today, self._today_credits = {}, {}
+        day = int(self._wall_clock()) // _DAY_SECONDS
+        self._day, self._day_ends = day, (day + 1) * _DAY_SECONDS
 
     async def flush(self, *, insist: bool = False) -> int:
         """Write what is pending; return the number of uses written.
         ``insist``: send even during the pause after a failure (at shutdown)."""
         async with self._flushing:
+            self._roll()  # today's counts join the batch
             batch, self._pending = self._pending, Counter()
             credits, self._credits = self._credits, Counter()
             self.full.clear()
