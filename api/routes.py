@@ -25,6 +25,12 @@ class Ready(BaseModel):
     keys_in_memory: int
     #: Seconds since the keys in memory were last confirmed current (reload, listen).
     index_age_seconds: float | None
+    #: The CPU this instance appears to get: "always allocated", "throttled
+    #: between requests" (timers fired late while idle), or "not known yet".
+    cpu: str
+    #: Times the event loop did not run for a second or more, and the longest.
+    stalls: int
+    longest_stall_seconds: float
     #: Restarts of each background task after an unexpected error (logged).
     background_restarts: dict[str, int]
 
@@ -64,12 +70,16 @@ def build_router(auth: ApiKeyAuth) -> APIRouter:
         """Readiness: 200 while keys can be checked; 503 before the first full
         load (reload, listen) and once the rows are older than they are trusted."""
         store = get_store()
-        age = store.source.age()
+        view = store.view
+        age = view.age()
         ready = Ready(
             ready=store.is_ready,
             sync=store.settings.sync,
-            keys_in_memory=len(store.source),
+            keys_in_memory=len(view),
             index_age_seconds=None if age is None else round(age, 3),
+            cpu=view.stalls.cpu,
+            stalls=view.stalls.count,
+            longest_stall_seconds=round(view.stalls.longest, 3),
             background_restarts=store.background_restarts,
         )
         if not ready.ready:

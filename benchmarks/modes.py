@@ -131,7 +131,7 @@ async def _bytes_per_key(settings: Settings, mode: str, keys: list[str]) -> floa
     tracemalloc.start()
     try:
         gc.collect()
-        before, held = tracemalloc.get_traced_memory()[0], len(store.source)
+        before, held = tracemalloc.get_traced_memory()[0], len(store.view)
         if mode == "ttl":  # one at a time, as requests come: rows, not calls in flight
             for key in keys[20:]:
                 await store.verify(key)
@@ -140,7 +140,7 @@ async def _bytes_per_key(settings: Settings, mode: str, keys: list[str]) -> floa
             await asyncio.sleep(0.2)  # the listener's first snapshot lands
         gc.collect()
         added = tracemalloc.get_traced_memory()[0] - before
-        return added / max(1, len(store.source) - held)
+        return added / max(1, len(store.view) - held)
     finally:
         tracemalloc.stop()
         await store.aclose()

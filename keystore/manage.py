@@ -45,9 +45,17 @@ from keystore.limits.edits import (
 )
 from keystore.limits.lease import debit
 from keystore.limits.values import RateLimit, Refill
-from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage, parse_row
+from keystore.models import (
+    ApiKey,
+    BrokenRow,
+    ImportResult,
+    NewKey,
+    Usage,
+    parse_row,
+    read_row,
+)
 from keystore.settings import Settings
-from keystore.sources import KeySource as KeyView
+from keystore.sync import KeyView
 
 #: Fields that ``update`` may change.
 EDITABLE = frozenset({"name", "scopes", "disabled", "expires_at", "owner"})
@@ -462,14 +470,6 @@ def check_owner(owner: str) -> None:
             "An owner is 1 to 200 characters, without '/', and not '.', '..' "
             "or '__...__' (a Firestore document id)."
         )
-
-
-def read_row(key_id: str, row: Mapping[str, Any]) -> ApiKey | BrokenRow:
-    """A row as a record, or as a broken row for an operator to fix."""
-    try:
-        return parse_row(key_id, row)
-    except InvalidRow as exc:
-        return BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
 
 
 def _applied(fields: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:

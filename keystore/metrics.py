@@ -80,10 +80,18 @@ class KeystoreCollector(Collector):
             buckets=latency.cumulative(),
             sum_value=latency.sum,
         )
-        source = store.source
+        view = store.view
         for name, text, value in (
-            ("keystore_cache_hits", "Checks answered from memory.", source.hits),
-            ("keystore_cache_misses", "Checks that read Firestore.", source.misses),
+            ("keystore_sync_hits", "Checks answered from memory.", view.hits),
+            ("keystore_sync_misses", "Checks that read Firestore.", view.misses),
+            # The names before 0.2, kept for dashboards until 0.3.
+            ("keystore_cache_hits", "Deprecated: keystore_sync_hits.", view.hits),
+            ("keystore_cache_misses", "Deprecated: keystore_sync_misses.", view.misses),
+            (
+                "keystore_stalls",
+                "Times the event loop did not run for a second or more (no CPU).",
+                view.stalls.count,
+            ),
             (
                 "keystore_credits_spent",
                 "Credits spent by requests let through.",
@@ -102,7 +110,7 @@ class KeystoreCollector(Collector):
         ):
             yield CounterMetricFamily(name, text, value=value)
         gauges: list[tuple[str, str, float]] = [
-            ("keystore_keys_in_memory", "Rows held in memory.", len(source)),
+            ("keystore_keys_in_memory", "Rows held in memory.", len(view)),
             ("keystore_ready", "1 once checks can be answered.", int(store.is_ready)),
             (
                 "keystore_usage_pending",
@@ -110,12 +118,14 @@ class KeystoreCollector(Collector):
                 store.usage_pending,
             ),
         ]
-        age = source.age()
+        age = view.age()
         if age is not None:
+            text = "Seconds since the keys in memory were last confirmed current."
+            gauges.append(("keystore_sync_age_seconds", text, round(age, 3)))
             gauges.append(
                 (
                     "keystore_index_age_seconds",
-                    "Seconds since the keys in memory were last confirmed current.",
+                    "Deprecated: keystore_sync_age_seconds.",
                     round(age, 3),
                 )
             )

@@ -5,6 +5,7 @@ here: a row in a shape keystore cannot read raises InvalidRow and its key fails
 closed.
 """
 
+import logging
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from keystore.limits.values import RateLimit, Refill
 
 if TYPE_CHECKING:
     from keystore.limits.allowance import Allowance
+
+logger = logging.getLogger(__name__)
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -239,3 +242,23 @@ class ImportResult:
     created: list[str]
     existing: list[str]
     rejected: int
+
+
+def read_row(key_id: str, row: Mapping[str, Any]) -> "ApiKey | BrokenRow":
+    """A row as a record, or as a broken row for an operator to fix."""
+    try:
+        return parse_row(key_id, row)
+    except InvalidRow as exc:
+        return BrokenRow(id=exc.key_id, field=exc.field, problem=exc.problem)
+
+
+def check_row(key_id: str, row: Mapping[str, Any] | None) -> ApiKey | None:
+    """A row as checks use it: None if there is none, or if it cannot be read
+    (refused, with one warning naming the key and the field)."""
+    if row is None:
+        return None
+    try:
+        return parse_row(key_id, row)
+    except InvalidRow as exc:
+        logger.warning("%s The key is refused until the row is fixed.", exc)
+        return None

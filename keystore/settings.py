@@ -109,9 +109,6 @@ class Settings(BaseSettings):
     #: ttl mode: Firestore reads for keys not in memory, per second on average
     #: (bursts of half as many); 0: no limit.
     max_lookups_per_second: NotNegative = 200.0
-    #: ttl mode: how long the first read of a key not in memory waits for
-    #: others to share its call, seconds (lookups.py); 0: it goes at once.
-    lookup_window: Annotated[float, Field(ge=0, le=1)] = 0.05
     #: Lifetime of new keys made without one, like 90d.
     default_expiry: Annotated[timedelta | None, BeforeValidator(_duration)] = None
     #: Seconds between writes of usage counts; 0: off.

@@ -1,6 +1,6 @@
 """ApiKeyStore: API keys in a Firestore collection, checked from memory.
 
-Checks ask the sync view (``sources.py``), which answers from memory when it
+Checks ask the sync view (``sync/``), which answers from memory when it
 can; limits are answered from leases held in memory (``limits/``); uses are
 counted off the request path (``usage.py``); management writes go through
 ``manage.py``. All of it over one connection to Firestore (``_firestore/``).
@@ -9,6 +9,7 @@ counted off the request path (``usage.py``); management writes go through
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +42,7 @@ from keystore.limits.values import RateLimit, Refill
 from keystore.manage import KeyManager
 from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage
 from keystore.settings import Settings
-from keystore.sources import make_source
+from keystore.sync import ADVICE, make_view
 from keystore.times import utcnow
 from keystore.usage import UsageCounter
 
@@ -69,9 +70,9 @@ class ApiKeyStore:
         self._clock = clock
         self.connection = Connection(settings, timer=timer, interceptors=interceptors)
         self._rows = KeyCollection(self.connection)
-        #: Where checks find rows: the cache, or every row (see sources.py).
-        self.source = make_source(settings, self._rows, timer)
-        self._manage = KeyManager(settings, self._rows, self.source, clock=clock)
+        #: Where checks find rows: the cache, or every row (sync/).
+        self.view = make_view(settings, self._rows, timer)
+        self._manage = KeyManager(settings, self._rows, self.view, clock=clock)
         self._key_start = f"{settings.prefix}_"
         self._key_length, self._id_slice = id_position(settings.prefix)
         #: Checks by outcome ("valid", "malformed", "unknown", ...) and their time.
@@ -113,12 +114,12 @@ class ApiKeyStore:
     @property
     def is_ready(self) -> bool:
         """True once checks can be answered (reload, listen: after the first load)."""
-        return self.source.is_ready
+        return self.view.is_ready
 
     @property
     def background_restarts(self) -> dict[str, int]:
         """Restarts of each background task after an unexpected error."""
-        tasks = (self._flusher, self.limiter.sweeper, *self.source.background)
+        tasks = (self._flusher, self.limiter.sweeper, *self.view.background)
         return {task.name: task.restarts for task in tasks}
 
     @property
@@ -136,7 +137,15 @@ class ApiKeyStore:
     async def open(self) -> None:
         """Connect to Firestore and start the background work."""
         await self._rows.open()
-        await self.source.start()
+        await self.view.start()
+        logger.info(
+            "keystore: sync mode %s; CPU between requests %s. %s",
+            self.settings.sync,
+            "not known yet (on Cloud Run: it depends on the billing)"
+            if os.environ.get("K_SERVICE")
+            else "not known yet",
+            ADVICE[self.settings.sync],
+        )
         if self._counting:
             self._flusher.start()
         self.limiter.sweeper.start()
@@ -162,7 +171,7 @@ class ApiKeyStore:
                 "unreachable.",
                 held if held > 0 else "some",
             )
-        await self.source.stop()
+        await self.view.stop()
         # A flush under way finishes; then the last ones, past any pause.
         await self._flusher.stop(drain=max(0.0, deadline - timer()))
         while len(self._usage) and timer() < deadline:
@@ -196,7 +205,7 @@ class ApiKeyStore:
                 key_id = self._key_id(key)
                 if record is not None and record.id == key_id:
                     raise KeyNotFound()  # the row for its id is held: not its key
-                record = await self.source.get(key_id)
+                record = await self.view.get(key_id)
                 if record is None or not keys_match(key, record.hash):
                     raise KeyNotFound()
             if record.disabled:
@@ -272,7 +281,7 @@ class ApiKeyStore:
             or not key.isascii()  # a lone surrogate, say, cannot be encoded
         ):
             return None
-        return self.source.peek(key[self._id_slice])
+        return self.view.peek(key[self._id_slice])
 
     def _key_id(self, key: str) -> str:
         try:

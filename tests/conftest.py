@@ -129,9 +129,6 @@ def settings(firestore_env: Emulator) -> Settings:
         # deadlines set their own.
         timeout=5.0,
         retry_after=1,
-        # A first read goes at once: tests that check unknown keys one after
-        # another would each wait the window. test_lookups.py sets its own.
-        lookup_window=0,
     )
 
 

@@ -160,3 +160,21 @@ class Hold(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             self.started.set()
             await asyncio.sleep(self.delay)
         return await continuation(details, request)
+
+
+@dataclass
+class HoldStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """``Hold`` for a call that answers with a stream (BatchGetDocuments)."""
+
+    delay: float = 0.3
+    method: str = "BatchGetDocuments"
+    armed: bool = False
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def intercept_unary_stream(
+        self, continuation: Any, details: Any, request: Any
+    ) -> Any:
+        if self.armed and _method(details).endswith("/" + self.method):
+            self.started.set()
+            await asyncio.sleep(self.delay)
+        return await continuation(details, request)

@@ -11,7 +11,7 @@ from api.main import create_app
 from keystore import ApiKeyStore, Settings, get_store, reset_store
 from keystore._firestore.listen_result import ListenedResult
 from keystore.background import Background
-from keystore.index import IndexSource
+from keystore.sync.snapshot import SnapshotView
 from keystore.usage import UsageCounter
 from tests.conftest import serve
 
@@ -51,7 +51,7 @@ async def test_a_failed_reload_is_logged_restarted_and_counted(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(IndexSource, "replace", fail(1, IndexSource.replace))
+    monkeypatch.setattr(SnapshotView, "replace", fail(1, SnapshotView.replace))
     async with ApiKeyStore(settings.model_copy(update={"sync": "reload"})) as store:
         await until(lambda: store.is_ready)
         assert store.background_restarts["key reload"] == 1
@@ -107,7 +107,7 @@ async def test_readyz_fails_once_the_rows_are_too_old_to_trust(
             store = get_store()
             await until(lambda: store.is_ready)
             monkeypatch.setattr(
-                IndexSource, "replace", fail(10**6, IndexSource.replace)
+                SnapshotView, "replace", fail(10**6, SnapshotView.replace)
             )
             await until(lambda: store.background_restarts["key reload"] >= 1)
             async with asyncio.timeout(5):

@@ -36,11 +36,32 @@ def private_uses(source: str) -> list[str]:
 
 
 def test_keystore_reads_no_private_name_of_another_package() -> None:
-    modules = sorted((ROOT / "keystore").glob("*.py"))
-    assert len(modules) > 10
+    modules = sorted((ROOT / "keystore").rglob("*.py"))
+    assert len(modules) > 30
     found = {
-        path.name: uses for path in modules if (uses := private_uses(path.read_text()))
+        str(path): uses for path in modules if (uses := private_uses(path.read_text()))
     }
+    assert found == {}
+
+
+def test_only_the_firestore_package_imports_google_or_grpc() -> None:
+    """Google's and gRPC's types and errors stay behind one boundary."""
+    outside = [
+        path
+        for path in sorted((ROOT / "keystore").rglob("*.py"))
+        if "_firestore" not in path.parts
+    ]
+    found = {}
+    for path in outside:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            roots = {name.split(".")[0] for name in names}
+            if roots & {"google", "grpc"}:
+                found[str(path.relative_to(ROOT))] = names
     assert found == {}
 
 

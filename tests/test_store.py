@@ -24,22 +24,12 @@ from keystore import (
     reset_store,
 )
 from keystore.keys import new_key
-from tests import console
 from tests.conftest import Timer
+from tests.console import add as console_add
+from tests.console import edit as console_edit
 from tests.interceptors import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-async def console_edit(
-    settings: Settings, key_id: str, *, collection: str | None = None, **fields: Any
-) -> None:
-    """Change a row as an operator does in the console: a plain client, no keystore."""
-    await console.edit(settings, key_id, collection=collection, **fields)
-
-
-async def console_add(settings: Settings, key_id: str, row: dict[str, Any]) -> None:
-    await console.add(settings, key_id, row)
 
 
 async def test_create_then_verify(store: ApiKeyStore) -> None:
@@ -89,11 +79,11 @@ async def test_unknown_and_wrong_keys(store: ApiKeyStore) -> None:
 async def test_held_key_checks_count_one_hit_each(store: ApiKeyStore) -> None:
     made = await store.create(name="n")
     await store.verify(made.key)  # now held in memory
-    hits = store.source.hits
+    hits = store.view.hits
     await store.verify(made.key)
     with pytest.raises(KeyNotFound):
         await store.verify(new_key("ks", made.record.id))  # held id, wrong secret
-    assert store.source.hits == hits + 2
+    assert store.view.hits == hits + 2
 
 
 async def test_typo_in_a_held_key_is_malformed(
@@ -119,7 +109,7 @@ async def test_key_of_another_prefix_is_malformed_even_when_its_row_is_held(
     async with ApiKeyStore(settings.model_copy(update={"prefix": "zz"})) as other:
         made = await other.create(name="n")
     async with ApiKeyStore(settings) as store:
-        await store.source.get(made.record.id)  # the row held in memory
+        await store.view.get(made.record.id)  # the row held in memory
         with pytest.raises(MalformedKey):
             await store.verify(made.key)
 

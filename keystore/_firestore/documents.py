@@ -36,6 +36,8 @@ from keystore.errors import KeyNotFound
 from keystore.keys import is_document_id
 
 Row = dict[str, Any]
+#: Rows by key id (None: there is none), and the time (ns) they were read at.
+Rows = tuple[dict[str, Row | None], int]
 
 #: Per-day usage documents live in this subcollection of each key's document.
 USAGE_SUBCOLLECTION = "usage"
@@ -94,11 +96,10 @@ class KeyCollection:
             return None
         return decode_fields(Document.pb(document).fields)
 
-    async def get_many(
-        self, key_ids: list[str], *, cause: str
-    ) -> dict[str, Row | None]:
-        """Several rows in one BatchGetDocuments call: each id's row, or None.
-        Firestore bills a read per document asked for, found or not."""
+    async def get_many(self, key_ids: list[str], *, cause: str) -> "Rows":
+        """Several rows in one BatchGetDocuments call: each id's row, or None,
+        and the time (ns) Firestore read them at. Firestore bills a read per
+        document asked for, found or not."""
         connection = self.connection
         await connection.ensure_open()
         request = BatchGetDocumentsRequest(
@@ -106,8 +107,11 @@ class KeyCollection:
             documents=[self._path(key_id) for key_id in key_ids],
         )
 
-        async def read(client: FirestoreAsyncClient) -> dict[str, Row | None]:
+        async def read(
+            client: FirestoreAsyncClient,
+        ) -> tuple[dict[str, Row | None], int]:
             found: dict[str, Row | None] = dict.fromkeys(key_ids)
+            read_time = 0
             stream = await client.batch_get_documents(
                 request=request,
                 retry=None,
@@ -116,10 +120,11 @@ class KeyCollection:
             )
             async for message in stream:
                 answer = BatchGetDocumentsResponse.pb(message)
+                read_time = max(read_time, answer.read_time.ToNanoseconds())
                 if answer.HasField("found"):
                     key_id = answer.found.name.rpartition("/")[2]
                     found[key_id] = decode_fields(answer.found.fields)
-            return found
+            return found, read_time
 
         rows = await connection.call(f"read of {len(key_ids)} keys", read)
         self.reads[cause] += len(key_ids)

@@ -12,8 +12,8 @@ from keystore import ApiKeyStore, Settings
 from keystore.errors import RateLimited
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Timer
+from tests.console import edit as console_edit
 from tests.limits.helpers import Clock, allowance, row, spend, spend_all
-from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ from keystore import ApiKeyStore, Settings, StoreUnavailable
 from keystore.errors import CreditsExhausted
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Emulator, Timer
+from tests.console import edit as console_edit
 from tests.interceptors import Hold, LoseAnswers, Refuse
 from tests.limits.helpers import allowance, row, spend, spend_all
-from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ from keystore.dependency import rate_limit_headers
 from keystore.errors import CreditsExhausted, RateLimited, StoreUnavailable
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Timer
+from tests.console import edit as console_edit
 from tests.interceptors import LoseAnswers, Recorder
 from tests.limits.helpers import row, spend, spend_all
-from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 

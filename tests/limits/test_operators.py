@@ -12,8 +12,9 @@ from keystore._firestore.conditional import Read
 from keystore.errors import CreditsExhausted, KeyNotFound
 from keystore.limits import parse_rate_limit, parse_refill
 from tests.conftest import Timer
+from tests.console import add as console_add
+from tests.console import edit as console_edit
 from tests.limits.helpers import allowance, row, spend, spend_all
-from tests.test_store import console_add, console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +87,7 @@ async def test_a_row_deleted_and_restored_is_accepted_again(
         await console_add(  # an operator puts it back by hand
             settings, made.record.id, {k: kept[k] for k in ("hash", "name", "credits")}
         )
-        a.source.clear()  # type: ignore[attr-defined]  # ttl: as after its TTL
+        a.view.clear()  # type: ignore[attr-defined]  # ttl: as after its TTL
         assert await spend_all(a, made.key, 1) == 1
 
 

@@ -13,8 +13,8 @@ from keystore.errors import RateLimited
 from keystore.limits import parse_rate_limit
 from tests import console
 from tests.conftest import Emulator
+from tests.console import edit as console_edit
 from tests.limits.helpers import row, spend, spend_all
-from tests.test_store import console_edit
 
 pytestmark = pytest.mark.anyio
 

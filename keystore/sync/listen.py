@@ -1,12 +1,14 @@
 """The listen mode: a Firestore real-time listener keeps every row in memory.
 
-The listener (``watch.py``) runs on the event loop, on the store's one
-connection, and hands each batch of changes to the rows as it arrives.
+The listener (``_firestore/listen.py``) runs on the event loop, on the store's
+one connection, and hands each batch of changes to the rows as it arrives.
+It needs CPU between requests: after a stall, rows are confirmed one by one
+until a snapshot as of a later time lands (snapshot.py).
 
 Listeners are known to stop delivering without an error: the stream is
-replaced every ten minutes (``watch.py``), a watchdog restarts a listener that
-has stopped, and a full resync (a new listener, whose first snapshot replaces
-every row) runs every ``resync_interval`` seconds.
+replaced every ten minutes (``_firestore/listen.py``), a watchdog restarts a
+listener that has stopped, and a full resync (a new listener, whose first
+snapshot replaces every row) runs every ``resync_interval`` seconds.
 """
 
 import asyncio
@@ -18,23 +20,30 @@ from keystore._firestore.documents import KeyCollection, collection_query
 from keystore._firestore.listen import ListenStream
 from keystore._firestore.listen_result import Change
 from keystore.background import Background
-from keystore.index import IndexSource
 from keystore.settings import Settings
+from keystore.sync.snapshot import SnapshotView
+from keystore.sync.stall import StallWatch
 
 logger = logging.getLogger(__name__)
 
 
-class ListenSource(IndexSource):
+class ListenView(SnapshotView):
     """Rows kept current by a listener; changes land within about a second."""
 
     def __init__(
-        self, settings: Settings, rows: KeyCollection, timer: Callable[[], float]
+        self,
+        settings: Settings,
+        rows: KeyCollection,
+        timer: Callable[[], float],
+        stalls: StallWatch,
     ) -> None:
         super().__init__(
-            max_age=settings.resync_interval + settings.stale_if_error, timer=timer
+            max_age=settings.resync_interval + settings.stale_if_error,
+            timer=timer,
+            rows=rows,
+            stalls=stalls,
         )
         self._settings = settings
-        self._collection = rows
         self._stream: ListenStream | None = None
         self._generation = 0
         # True until the current listener's first snapshot has been applied.
@@ -44,14 +53,16 @@ class ListenSource(IndexSource):
 
     @property
     def background(self) -> tuple[Background, ...]:
-        stream = self._stream
-        return (self._task,) if stream is None else (self._task, stream.task)
+        tasks = (self._task, self.stalls.task)
+        return tasks if self._stream is None else (*tasks, self._stream.task)
 
     async def start(self) -> None:
         self._task.start()
+        self.stalls.start()
 
     async def stop(self) -> None:
         await self._task.stop()
+        await self.stalls.stop()
         await self._close_stream()
 
     async def resync(self) -> None:

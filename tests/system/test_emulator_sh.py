@@ -13,7 +13,7 @@ import httpx
 from keystore import key_pattern
 from tests.conftest import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

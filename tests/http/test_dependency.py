@@ -156,7 +156,14 @@ async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
         "sync": "ttl",
         "keys_in_memory": 0,
         "index_age_seconds": None,
-        "background_restarts": {"usage flusher": 0, "lease sweeper": 0},
+        "cpu": "not known yet",
+        "stalls": 0,
+        "longest_stall_seconds": 0.0,
+        "background_restarts": {
+            "usage flusher": 0,
+            "lease sweeper": 0,
+            "stall watch": 0,
+        },
     }
     key = await make_key()
     for headers in ({"x-api-key": key}, {"x-api-key": "bad"}, {}):
@@ -233,7 +240,7 @@ async def test_the_lookup_budget_refills_with_the_stores_clock(
     settings = make_settings(max_lookups_per_second=2)  # a burst of 1
     async with ApiKeyStore(settings, timer=timer) as store:
         made = await store.create(name="n")
-        store.source.clear()  # type: ignore[attr-defined]
+        store.view.clear()  # type: ignore[attr-defined]
         with pytest.raises(KeyNotFound):
             await store.verify(new_key("ks"))
         with pytest.raises(StoreBusy):

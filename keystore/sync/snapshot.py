@@ -1,19 +1,27 @@
-"""Every row of the collection in memory: the reload mode, and the base of listen.
+"""Every row of the collection in memory: the base of the reload and listen modes.
 
-A check never reads Firestore here: an id not held is unknown. The rows are
-trusted for a bounded time after they were last confirmed whole.
+A check never reads Firestore here, but in one case: an id not held is
+unknown. The rows are trusted for a bounded time after they were last
+confirmed whole.
+
+The case: after a stall (stall.py) the process may hold data Firestore sent
+but the loop has not read yet, and requests that came meanwhile. Until a
+view as of a time after the stall is applied, each row is read once from
+Firestore (batched) before it answers: a deletion, ``disabled: true`` or a
+new ``expires_at`` made while the process had no CPU is seen on the first
+request. It costs one read per key checked in that time.
 """
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
-from keystore.errors import InvalidRow, StoreUnavailable
-from keystore.models import ApiKey, parse_row
-from keystore.settings import Settings
+from keystore.errors import StoreUnavailable
+from keystore.models import ApiKey, check_row
+from keystore.sync.batch import Lookups
+from keystore.sync.stall import StallWatch
 
 logger = logging.getLogger(__name__)
 
@@ -21,25 +29,22 @@ logger = logging.getLogger(__name__)
 Row = tuple[str, Mapping[str, Any] | None]
 
 
-def read_row(key_id: str, row: Mapping[str, Any] | None) -> ApiKey | None:
-    """The row as an ApiKey; None (refused, with one warning) if it is unreadable."""
-    if row is None:
-        return None
-    try:
-        return parse_row(key_id, row)
-    except InvalidRow as exc:
-        logger.warning("%s The key is refused until the row is fixed.", exc)
-        return None
-
-
-class IndexSource:
-    """Every row of the collection in memory; a check never reads Firestore.
+class SnapshotView:
+    """Every row of the collection in memory.
 
     The rows are trusted for ``max_age`` seconds after they were last confirmed
     whole; past that, checks fail closed with StoreUnavailable.
     """
 
-    def __init__(self, *, max_age: float, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        max_age: float,
+        timer: Callable[[], float],
+        rows: KeyCollection,
+        stalls: StallWatch,
+    ) -> None:
+        self._collection = rows
         self._rows: dict[str, ApiKey] | None = None
         self._max_age = max_age
         self._timer = timer
@@ -52,7 +57,14 @@ class IndexSource:
         # The read time (ns) of the last view applied; an older one is ignored.
         self._as_of = 0
         self.hits = 0
-        self.misses = 0  # always 0: nothing is fetched on demand
+        self.misses = 0  # rows read one by one, after a stall
+        self.stalls = stalls
+        stalls.on_stall(self._stalled)
+        # After a stall: the ids read since, and the earliest read time (ns)
+        # of those reads; a view as of that time or later ends it.
+        self._confirmed: set[str] | None = None
+        self._confirmed_as_of: int | None = None
+        self._lookups = Lookups(rows)
 
     @property
     def background(self) -> tuple[Background, ...]:
@@ -77,6 +89,10 @@ class IndexSource:
             return None
         if self._timer() - synced_at > self._max_age:
             return None
+        if self._confirmed is None:
+            self.stalls.check()  # a stall sets self._confirmed
+        if self._confirmed is not None and key_id not in self._confirmed:
+            return None  # after a stall: read it first (get)
         record = rows.get(key_id)
         if record is not None:
             self.hits += 1
@@ -87,8 +103,31 @@ class IndexSource:
             raise StoreUnavailable("The keys are not loaded yet.")
         if (self.age() or 0.0) > self._max_age:
             raise StoreUnavailable("The keys in memory are too old to trust.")
+        if self._confirmed is not None and key_id not in self._confirmed:
+            return await self._confirm(key_id)
         self.hits += 1
         return self._rows.get(key_id)
+
+    def _stalled(self) -> None:
+        """The loop was stalled: no row answers before it is confirmed."""
+        self._confirmed, self._confirmed_as_of = set(), None
+
+    async def _confirm(self, key_id: str) -> ApiKey | None:
+        """Read one row after a stall; it answers from then on. If Firestore
+        cannot answer, memory does, as in any outage."""
+        self.misses += 1
+        try:
+            row, read_time = await self._lookups.get(key_id)
+        except StoreUnavailable:
+            assert self._rows is not None
+            return self._rows.get(key_id)
+        record = check_row(key_id, row)
+        self.remember(key_id, record, read_time)
+        if self._confirmed is not None:
+            self._confirmed.add(key_id)
+            if self._confirmed_as_of is None or read_time < self._confirmed_as_of:
+                self._confirmed_as_of = read_time
+        return record
 
     def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
         if at <= self._as_of:
@@ -107,7 +146,7 @@ class IndexSource:
         self._as_of = as_of
         fresh: dict[str, ApiKey] = {}
         for key_id, row in rows:
-            record = read_row(key_id, row)
+            record = check_row(key_id, row)
             if record is not None:
                 fresh[key_id] = record
         self._overlay(fresh, as_of)
@@ -121,13 +160,17 @@ class IndexSource:
             return  # older than what is held
         self._as_of = as_of
         for key_id, row in rows:
-            self._put(self._rows, key_id, read_row(key_id, row))
+            self._put(self._rows, key_id, check_row(key_id, row))
         self._overlay(self._rows, as_of)
         self.confirm()
 
     def confirm(self) -> None:
-        """The rows are known to be current now."""
+        """The rows are known to be current now (as of ``self._as_of``)."""
         self._synced_at = self._timer()
+        since = self._confirmed_as_of
+        if since is not None and self._as_of >= since:
+            # A view as of a time after the stall: every row is current.
+            self._confirmed = self._confirmed_as_of = None
 
     def _overlay(self, rows: dict[str, ApiKey], as_of: int) -> None:
         """Lay this process's writes made after ``as_of`` over ``rows``."""
@@ -143,51 +186,3 @@ class IndexSource:
             rows.pop(key_id, None)
         else:
             rows[key_id] = record
-
-
-class ReloadSource(IndexSource):
-    """The whole collection, loaded at start and every ``reload_interval`` seconds.
-
-    A key made elsewhere is unknown here until the next load, like a revoked
-    key is known until then: both take effect within one interval. Unknown ids
-    cost no read, so random keys cost nothing.
-    """
-
-    def __init__(
-        self, settings: Settings, rows: KeyCollection, timer: Callable[[], float]
-    ) -> None:
-        super().__init__(
-            max_age=settings.reload_interval + settings.stale_if_error, timer=timer
-        )
-        self._settings = settings
-        self._collection = rows
-        self._task = Background(self._reload_forever, name="key reload")
-
-    @property
-    def background(self) -> tuple[Background, ...]:
-        return (self._task,)
-
-    async def start(self) -> None:
-        self._task.start()
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
-    async def reload(self) -> None:
-        """Load every row now and swap them in."""
-        listing = await self._collection.all(
-            cause="reload", timeout=self._settings.load_timeout
-        )
-        self.replace(listing.rows, listing.read_time)
-        logger.debug("Loaded %d keys.", len(self))
-
-    async def _reload_forever(self) -> None:
-        while True:
-            try:
-                await self.reload()
-                delay = self._settings.reload_interval
-            except StoreUnavailable:
-                # An outage: keep the last load; try again soon, not a whole
-                # interval later. Anything else is for the supervisor.
-                delay = min(self._settings.retry_after, self._settings.reload_interval)
-            await asyncio.sleep(delay)

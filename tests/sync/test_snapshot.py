@@ -1,15 +1,25 @@
-"""IndexSource on its own: rows in memory, and this process's writes laid over
+"""SnapshotView on its own: rows in memory, and this process's writes laid over
 views of the rows read before them."""
 
-from keystore.index import IndexSource
+from keystore._firestore.connection import Connection
+from keystore._firestore.documents import KeyCollection
 from keystore.keys import hash_key
 from keystore.models import ApiKey
+from keystore.settings import Settings
+from keystore.sync.snapshot import SnapshotView
+from keystore.sync.stall import StallWatch
 
 ROW = ApiKey(id="k1", name="one", hash=hash_key("a key")).to_row()
 
 
-def source() -> IndexSource:
-    index = IndexSource(max_age=60, timer=lambda: 0.0)
+def view() -> SnapshotView:
+    """A view with no Firestore behind it: nothing here reads one."""
+    rows = KeyCollection(Connection(Settings(project="nowhere")))
+    return SnapshotView(max_age=60, timer=lambda: 0.0, rows=rows, stalls=StallWatch())
+
+
+def source() -> SnapshotView:
+    index = view()
     index.replace([("k1", ROW)], as_of=10)
     return index
 
@@ -35,7 +45,7 @@ def test_a_view_read_after_the_write_takes_over() -> None:
 
 
 def test_a_key_made_here_before_the_first_load_is_kept() -> None:
-    index = IndexSource(max_age=60, timer=lambda: 0.0)
+    index = view()
     made = ApiKey(id="k2", name="two", hash=hash_key("another key"))
     index.remember("k2", made, at=20)  # no rows yet: held for the first load
     index.replace([("k1", ROW)], as_of=15)

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from keystore.cache import KeyCache
 from keystore.errors import StoreUnavailable
 from keystore.models import ApiKey
+from keystore.sync.cache import KeyCache
 from tests.conftest import Timer
 
 pytestmark = pytest.mark.anyio
@@ -178,7 +178,7 @@ async def test_stale_row_is_served_at_once_while_the_loader_is_failing(
 
 
 def test_read_budget(timer: Timer) -> None:
-    from keystore.sources import ReadBudget
+    from keystore.sync.ttl import ReadBudget
 
     budget = ReadBudget(10, timer)  # bursts of 5
     assert [budget.take() for _ in range(6)] == [True] * 5 + [False]

@@ -1,71 +1,24 @@
-"""Where a check finds a key's row: how the rows in memory stay fresh.
+"""The ttl mode: a row is read on first use and trusted for ``cache_ttl`` seconds.
 
-Three ways, chosen by ``KEYSTORE_SYNC``:
-
-* ``ttl``: a row is read on first use and trusted for ``cache_ttl`` seconds.
-* ``reload``: the whole collection is loaded at start and every
-  ``reload_interval`` seconds; an id not in the last load is unknown (no read).
-* ``listen``: a Firestore listener keeps the rows current (``listener.py``).
-
-Each gives the store the same answers for the same rows.
+The cache (cache.py) keeps rows and ids without a row; first reads go out
+together (batch.py); a read budget keeps a flood of unknown keys from taking
+the CPU the keys in memory need. Ages are measured on the monotonic clock, so
+a row held across a stall is past its TTL when the process runs again.
 """
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 from keystore._firestore.documents import KeyCollection
 from keystore.background import Background
-from keystore.cache import KeyCache
 from keystore.errors import StoreBusy
-from keystore.index import ReloadSource, read_row
-from keystore.listener import ListenSource
-from keystore.lookups import Lookups
-from keystore.models import ApiKey
+from keystore.models import ApiKey, check_row
 from keystore.settings import Settings
+from keystore.sync.batch import Lookups
+from keystore.sync.cache import KeyCache
+from keystore.sync.stall import StallWatch
 
 logger = logging.getLogger(__name__)
-
-
-class KeySource(Protocol):
-    """What the store asks for a key's row."""
-
-    @property
-    def hits(self) -> int:
-        """Checks answered from memory."""
-
-    @property
-    def misses(self) -> int:
-        """Checks that read Firestore."""
-
-    @property
-    def is_ready(self) -> bool:
-        """True once checks can be answered."""
-
-    @property
-    def background(self) -> tuple[Background, ...]:
-        """The tasks that keep the rows fresh."""
-
-    def age(self) -> float | None:
-        """Seconds since the rows in memory were last confirmed whole, if kept whole."""
-
-    def __len__(self) -> int:
-        """Rows held in memory."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def peek(self, key_id: str) -> ApiKey | None:
-        """The row for ``key_id`` if memory holds it and it can be trusted now;
-        None when only ``get`` can tell. No I/O: the check's fast path."""
-
-    def get(self, key_id: str) -> Awaitable[ApiKey | None]:
-        """The row for ``key_id``, or None if there is none (or it is unreadable)."""
-
-    def remember(self, key_id: str, record: ApiKey | None, at: int) -> None:
-        """This process changed a row, committed at ``at`` (ns): answer from
-        the change at once, and keep any view read before it from undoing it."""
 
 
 class ReadBudget:
@@ -97,15 +50,20 @@ class ReadBudget:
         return True
 
 
-class TtlSource:
+class TtlView:
     """Rows read on first use, cached for ``cache_ttl`` seconds."""
 
     is_ready = True
 
     def __init__(
-        self, settings: Settings, rows: KeyCollection, timer: Callable[[], float]
+        self,
+        settings: Settings,
+        rows: KeyCollection,
+        timer: Callable[[], float],
+        stalls: StallWatch,
     ) -> None:
         self._rows = rows
+        self.stalls = stalls
         self._cache = KeyCache(
             ttl=settings.cache_ttl,
             stale_ttl=settings.stale_if_error,
@@ -114,7 +72,7 @@ class TtlSource:
             stale_first=lambda: rows.connection.is_degraded,
         )
         self._budget = ReadBudget(settings.max_lookups_per_second, timer)
-        self._lookups = Lookups(rows, settings.lookup_window)
+        self._lookups = Lookups(rows)
 
     @property
     def hits(self) -> int:
@@ -126,7 +84,7 @@ class TtlSource:
 
     @property
     def background(self) -> tuple[Background, ...]:
-        return ()
+        return (self.stalls.task,)
 
     def age(self) -> float | None:
         return None
@@ -135,10 +93,10 @@ class TtlSource:
         return len(self._cache)
 
     async def start(self) -> None:
-        pass
+        self.stalls.start()  # for /readyz: the CPU this process gets
 
     async def stop(self) -> None:
-        pass
+        await self.stalls.stop()
 
     def peek(self, key_id: str) -> ApiKey | None:
         return self._cache.peek(key_id)
@@ -161,16 +119,5 @@ class TtlSource:
             # Not an outage: Firestore is not asked, so nothing trips.
             raise StoreBusy("Too many keys to look up at once; retry shortly.")
         logger.debug("Cache miss for key %s.", key_id)
-        known = self._cache.holds(key_id)
-        return read_row(key_id, await self._lookups.get(key_id, known=known))
-
-
-def make_source(
-    settings: Settings, rows: KeyCollection, timer: Callable[[], float]
-) -> KeySource:
-    """Where checks find rows, for ``settings.sync``."""
-    if settings.sync == "reload":
-        return ReloadSource(settings, rows, timer)
-    if settings.sync == "listen":
-        return ListenSource(settings, rows, timer)
-    return TtlSource(settings, rows, timer)
+        row, _ = await self._lookups.get(key_id, known=self._cache.holds(key_id))
+        return check_row(key_id, row)

@@ -10,8 +10,8 @@ from keystore import ApiKeyStore, Settings, StoreUnavailable, get_store, reset_s
 from keystore._firestore.connection import Connection
 from keystore._firestore.documents import KeyCollection
 from keystore.keys import new_key
-from keystore.listener import ListenSource
-from keystore.sources import TtlSource
+from keystore.sync.listen import ListenView
+from keystore.sync.ttl import TtlView
 from tests.conftest import Emulator, serve
 
 pytestmark = pytest.mark.anyio
@@ -78,8 +78,8 @@ async def test_a_frozen_firestore_costs_one_deadline_not_a_hang(
     settings = make_settings(timeout=0.5, retry_after=30)
     async with ApiKeyStore(settings) as store:
         assert await store.does_api_key_exist(made.key)
-        assert isinstance(store.source, TtlSource)
-        store.source.clear()  # nothing in memory: the next check must ask Firestore
+        assert isinstance(store.view, TtlView)
+        store.view.clear()  # nothing in memory: the next check must ask Firestore
         emulator.pause()
         try:
             async with asyncio.timeout(settings.timeout * 4):
@@ -160,5 +160,5 @@ async def test_listener_recovers_after_an_outage(
         # The stream came back on its own. (Whether it also drops the rows the
         # restarted emulator lost depends on whether the emulator honours the
         # old stream's resume token; Firestore itself never loses them.)
-        assert isinstance(store.source, ListenSource)
-        assert store.source.restarts == 1
+        assert isinstance(store.view, ListenView)
+        assert store.view.restarts == 1

@@ -20,11 +20,12 @@ from keystore import (
 )
 from keystore._firestore.connection import Connection
 from keystore._firestore.documents import KeyCollection
-from keystore.index import IndexSource, ReloadSource
 from keystore.keys import new_key
 from keystore.settings import SyncMode
+from keystore.sync.reload import ReloadView
+from keystore.sync.snapshot import SnapshotView
 from tests.conftest import Emulator, Timer
-from tests.test_store import console_edit
+from tests.console import edit as console_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +65,8 @@ async def catch_up(store: ApiKeyStore, timer: Timer) -> None:
     """Let the store see what changed elsewhere, the way its mode does."""
     if store.settings.sync == "ttl":
         timer.tick(store.settings.cache_ttl + 1)
-    elif isinstance(store.source, ReloadSource):
-        await store.source.reload()
+    elif isinstance(store.view, ReloadView):
+        await store.view.reload()
 
 
 async def outcome(store: ApiKeyStore, key: str) -> str:
@@ -171,11 +172,11 @@ async def test_a_view_read_before_a_change_made_here_does_not_undo_it(
         await rows.aclose()
         assert made.record.id in dict(before.rows)
         await store.revoke(made.record.id)
-        source = store.source
-        assert isinstance(source, IndexSource)
-        source.replace(before.rows, before.read_time)
+        view = store.view
+        assert isinstance(view, SnapshotView)
+        view.replace(before.rows, before.read_time)
         assert await outcome(store, made.key) == "unknown"
-        source.change(before.rows, before.read_time)
+        view.change(before.rows, before.read_time)
         assert await outcome(store, made.key) == "unknown"
 
 
@@ -246,6 +247,6 @@ async def test_memory_holds_no_plaintext_key(
     async with await elsewhere(mode_store.settings) as other:
         seen = await other.create(name="m")
     await becomes(mode_store, timer, seen.key, "valid")
-    strings = {o for o in reachable(mode_store.source) if isinstance(o, str)}
+    strings = {o for o in reachable(mode_store.view) if isinstance(o, str)}
     assert made.record.hash in strings or seen.record.hash in strings  # looked in
     assert made.key not in strings and seen.key not in strings
