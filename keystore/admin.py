@@ -9,33 +9,32 @@ create and rotate. Each action logs one line naming the actor and the target.
 
 import logging
 from collections.abc import Awaitable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, Security
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
 
-from keystore.dependency import ApiKeyAuth, ErrorOut, unavailable
+from keystore.admin_schemas import (
+    BrokenKeyOut,
+    DayUsage,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    KeyRotate,
+    KeyUpdate,
+    UsageOut,
+)
+from keystore.dependency import ApiKeyAuth, unavailable
 from keystore.errors import (
     InsufficientCredits,
     InvalidRow,
     KeyNotFound,
     StoreUnavailable,
 )
-from keystore.fields import (
-    Credits,
-    GraceSeconds,
-    Name,
-    Owner,
-    RateLimitText,
-    RefillText,
-    Scopes,
-    Timestamp,
-)
 from keystore.grants import Grantor, Refusal, check_create, check_rotate, check_update
 from keystore.limits import parse_rate_limit, parse_refill
-from keystore.models import ApiKey, BrokenRow, NewKey
+from keystore.models import ApiKey, BrokenRow
+from keystore.openapi import ErrorOut
 from keystore.store import ApiKeyStore, get_store
 
 logger = logging.getLogger(__name__)
@@ -46,121 +45,6 @@ T = TypeVar("T")
 
 #: The limit fields, as the admin API takes them.
 LIMIT_FIELDS = ("rate_limit", "credits", "refill")
-
-
-class _Body(BaseModel):
-    # Strict: no "5" for a number, no 1 for true; what the schema says, only.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-def _kept() -> Any:
-    """Optional, but never null: a field left out stays as it is."""
-    return Field(default=None, json_schema_extra=_no_default)
-
-
-class KeyCreate(_Body):
-    name: Name
-    scopes: Scopes = []
-    expires_at: Timestamp | None = None
-    owner: Owner | None = None
-    rate_limit: RateLimitText | None = None
-    #: Credits left now; with a refill, the balance until the next one.
-    credits: Credits | None = None
-    refill: RefillText | None = None
-
-
-class KeyUpdate(_Body):
-    name: Name | SkipJsonSchema[None] = _kept()
-    scopes: Scopes | SkipJsonSchema[None] = _kept()
-    disabled: bool | SkipJsonSchema[None] = _kept()
-    #: null removes the expiry (or the owner, or a limit); left out, it stays.
-    expires_at: Timestamp | None = None
-    owner: Owner | None = None
-    rate_limit: RateLimitText | None = None
-    credits: Credits | None = None
-    refill: RefillText | None = None
-
-    @field_validator("name", "scopes", "disabled", mode="before")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        if value is None:
-            raise ValueError("cannot be null; leave it out to keep it")
-        return value
-
-
-class KeyRotate(_Body):
-    #: How long the old key keeps working, seconds (default one day).
-    grace_seconds: GraceSeconds = 86_400
-    expires_at: Timestamp | None = None
-
-
-class KeyOut(BaseModel):
-    id: str
-    name: str
-    scopes: list[str]
-    disabled: bool
-    expires_at: datetime | None
-    created_at: datetime | None
-    usage_count: int
-    last_used_at: datetime | None
-    rotated_from: str | None
-    rotated_to: str | None
-    owner: str | None
-    rate_limit: str | None
-    #: Credits left (as the row holds them: processes' leases included).
-    credits: int | None
-    refill: str | None
-
-    @classmethod
-    def of(cls, record: ApiKey) -> "KeyOut":
-        return cls(
-            id=record.id,
-            name=record.name,
-            scopes=list(record.scopes),
-            disabled=record.disabled,
-            expires_at=record.expires_at,
-            created_at=record.created_at,
-            usage_count=record.usage_count,
-            last_used_at=record.last_used_at,
-            rotated_from=record.rotated_from,
-            rotated_to=record.rotated_to,
-            owner=record.owner,
-            rate_limit=str(record.rate_limit) if record.rate_limit else None,
-            credits=record.credits,
-            refill=str(record.refill) if record.refill else None,
-        )
-
-
-class BrokenKeyOut(BaseModel):
-    id: str
-    broken_field: str
-    problem: str
-
-
-class KeyCreated(KeyOut):
-    #: The plaintext key, shown this once.
-    key: str
-
-    @classmethod
-    def made(cls, made: NewKey) -> "KeyCreated":
-        return cls(**KeyOut.of(made.record).model_dump(), key=made.key)
-
-
-class DayUsage(BaseModel):
-    day: str
-    count: int
-    credits: int
-
-
-class UsageOut(BaseModel):
-    id: str
-    total: int
-    last_used_at: datetime | None
-    days: list[DayUsage]
 
 
 def _out(row: ApiKey | BrokenRow) -> KeyOut | BrokenKeyOut:

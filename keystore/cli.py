@@ -8,7 +8,6 @@ a non-zero exit.
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import sys
@@ -16,6 +15,18 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
+from keystore.cli_output import (
+    describe,
+    details,
+    iso,
+    limit_fields,
+    limits_text,
+    list_table,
+    print_new,
+    print_value,
+    status,
+    usage_text,
+)
 from keystore.errors import KeyStoreError, MalformedKey
 from keystore.keys import (
     hash_key,
@@ -31,8 +42,7 @@ from keystore.limits import (
     parse_rate_limit,
     parse_refill,
 )
-from keystore.limits.edits import LimitView
-from keystore.models import ApiKey, BrokenRow, NewKey, Usage
+from keystore.models import ApiKey, BrokenRow
 from keystore.settings import Settings, load_env_file
 from keystore.store import ApiKeyStore
 from keystore.times import parse_duration, relative, utcnow
@@ -181,154 +191,6 @@ def _parser() -> argparse.ArgumentParser:
 # -- output ---------------------------------------------------------------------
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def _describe(row: Row) -> dict[str, Any]:
-    if isinstance(row, BrokenRow):
-        return {"id": row.id, "broken": f"field '{row.field}': {row.problem}"}
-    limits = {
-        "owner": row.owner,
-        "rate_limit": str(row.rate_limit) if row.rate_limit else None,
-        "credits": row.credits,
-        "refill": str(row.refill) if row.refill else None,
-    }
-    return {**_fields(row), **limits}
-
-
-def _limits(view: LimitView) -> dict[str, Any]:
-    return {
-        "rate_limit": str(view.rate_limit) if view.rate_limit else None,
-        "rate_used": view.rate_used,
-        "credits": view.credits,
-        "credits_held": view.held,
-        "credits_stranded": view.stranded,
-        "refill": str(view.refill) if view.refill else None,
-        "next_refill": _iso(view.next_refill),
-    }
-
-
-def _limits_text(view: LimitView) -> list[tuple[str, str]]:
-    now = utcnow()
-    pairs = []
-    if view.rate_limit:
-        pairs.append(
-            ("rate limit", f"{view.rate_limit} ({view.rate_used} used this window)")
-        )
-    if view.credits is not None:
-        held = f", {view.held} held by running processes" if view.held else ""
-        pairs.append(("credits", f"{view.credits} left{held}"))
-    if view.stranded:
-        pairs.append(("stranded", f"{view.stranded} (held by stopped processes)"))
-    if view.refill:
-        when = f"{relative(view.next_refill, now)} ({_iso(view.next_refill)})"
-        pairs.append(("refill", f"{view.refill}, next {when}"))
-    return pairs
-
-
-def _fields(row: ApiKey) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "scopes": list(row.scopes),
-        "disabled": row.disabled,
-        "expires_at": _iso(row.expires_at),
-        "created_at": _iso(row.created_at),
-        "usage_count": row.usage_count,
-        "last_used_at": _iso(row.last_used_at),
-        "rotated_from": row.rotated_from,
-        "rotated_to": row.rotated_to,
-    }
-
-
-def _status(row: Row, now: datetime) -> str:
-    if isinstance(row, BrokenRow):
-        return f"BROKEN (field '{row.field}': {row.problem})"
-    if row.disabled:
-        return "disabled"
-    return "expired" if row.is_expired(now) else "active"
-
-
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    rows = [list(header), *map(list, lines)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[-1]
-        for row in rows
-    )
-
-
-def _list_table(rows: Sequence[Row]) -> str:
-    now = utcnow()
-    lines = []
-    for row in rows:
-        if isinstance(row, BrokenRow):
-            lines.append([row.id, "", "", "", "", _status(row, now)])
-            continue
-        lines.append(
-            [
-                row.id,
-                row.name,
-                ",".join(row.scopes) or "-",
-                relative(row.expires_at, now),
-                relative(row.last_used_at, now),
-                _status(row, now),
-            ]
-        )
-    return _table(("ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "STATUS"), lines)
-
-
-def _details(row: Row, view: LimitView | None = None) -> str:
-    now = utcnow()
-    if isinstance(row, BrokenRow):
-        return f"id      {row.id}\nstatus  {_status(row, now)}"
-    pairs = [
-        ("id", row.id),
-        ("name", row.name),
-        ("scopes", ", ".join(row.scopes) or "-"),
-        ("status", _status(row, now)),
-        ("expires", f"{relative(row.expires_at, now)} ({_iso(row.expires_at) or '-'})"),
-        ("created", f"{relative(row.created_at, now)} ({_iso(row.created_at) or '-'})"),
-        ("uses", str(row.usage_count)),
-        ("last used", relative(row.last_used_at, now)),
-    ]
-    pairs += [("rotated from", row.rotated_from)] if row.rotated_from else []
-    pairs += [("rotated to", row.rotated_to)] if row.rotated_to else []
-    pairs += [("owner", row.owner)] if row.owner else []
-    pairs += _limits_text(view) if view else []
-    return "\n".join(f"{name:<13}{value}" for name, value in pairs)
-
-
-def _usage_text(usage: Usage) -> str:
-    head = (
-        f"{usage.key_id}: {usage.total} uses, last "
-        f"{relative(usage.last_used_at, utcnow())}"
-    )
-    if not usage.days:
-        return head
-    lines = [[d, str(n), str(c)] for d, n, c in usage.days]
-    return head + "\n" + _table(("DAY", "USES", "CREDITS"), lines)
-
-
-def _print_new(made: NewKey, as_json: bool, verb: str) -> None:
-    if as_json:
-        print(json.dumps({**_describe(made.record), "key": made.key}))
-        return
-    print(f"{verb} key {made.record.id} ({made.record.name}).")
-    print("The key is shown this once; store it now:")
-    print(made.key)
-
-
-def _print(value: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(value) if as_json else text)
-
-
-# -- commands -------------------------------------------------------------------
-
-
 def _expires_at(args: argparse.Namespace) -> datetime | None:
     return utcnow() + args.expires_in if args.expires_in else None
 
@@ -371,7 +233,7 @@ def _hash(args: argparse.Namespace, settings: Settings) -> None:
     ]
     if made:
         text += ["The new key, shown this once; store it now:", key]
-    _print(out, args.json, "\n".join(text))
+    print_value(out, args.json, "\n".join(text))
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -393,7 +255,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                 credits=args.credits,
                 refill=args.refill,
             )
-            _print_new(made, args.json, "Created")
+            print_new(made, args.json, "Created")
         elif command == "list":
             rows = await store.list_keys(
                 disabled=args.disabled,
@@ -401,37 +263,37 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                 scope=args.scope,
                 owner=args.owner,
             )
-            _print([_describe(row) for row in rows], args.json, _list_table(rows))
+            print_value([describe(row) for row in rows], args.json, list_table(rows))
         elif command == "show":
             row = await store.get(args.id)
             view = await store.limits(args.id) if isinstance(row, ApiKey) else None
-            value = {**_describe(row), **(_limits(view) if view else {})}
-            _print(value, args.json, _details(row, view))
+            value = {**describe(row), **(limit_fields(view) if view else {})}
+            print_value(value, args.json, details(row, view))
         elif command == "set-limits":
             await _set_limits(store, args)
         elif command in ("disable", "enable"):
             record = await store.update(args.id, disabled=command == "disable")
-            _print(
-                _describe(record),
+            print_value(
+                describe(record),
                 args.json,
-                f"Key {args.id} is {_status(record, utcnow())}.",
+                f"Key {args.id} is {status(record, utcnow())}.",
             )
         elif command == "set-scopes":
             record = await store.update(args.id, scopes=args.scopes)
             scopes = ", ".join(record.scopes) or "none"
-            _print(
-                _describe(record), args.json, f"Key {args.id} now has scopes: {scopes}."
+            print_value(
+                describe(record), args.json, f"Key {args.id} now has scopes: {scopes}."
             )
         elif command == "revoke":
             await store.revoke(args.id)
-            _print(
+            print_value(
                 {"id": args.id, "revoked": True}, args.json, f"Revoked key {args.id}."
             )
         elif command == "rotate":
             made = await store.rotate(
                 args.id, grace=args.grace, expires_at=_expires_at(args)
             )
-            _print_new(made, args.json, "Rotated to")
+            print_new(made, args.json, "Rotated to")
             if not args.json:
                 now = utcnow()
                 until = relative(now + args.grace, now)
@@ -441,13 +303,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             value = {
                 "id": usage.key_id,
                 "total": usage.total,
-                "last_used_at": _iso(usage.last_used_at),
+                "last_used_at": iso(usage.last_used_at),
                 "days": [
                     {"day": day, "count": count, "credits": credits}
                     for day, count, credits in usage.days
                 ],
             }
-            _print(value, args.json, _usage_text(usage))
+            print_value(value, args.json, usage_text(usage))
         elif command == "import":
             with contextlib.ExitStack() as stack:
                 source = (
@@ -474,7 +336,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                     "\nSet KEYSTORE_IMPORTED_KEYS=true so the service accepts keys "
                     "that are not of keystore's format."
                 )
-            _print(value, args.json, text)
+            print_value(value, args.json, text)
 
 
 async def _set_limits(store: ApiKeyStore, args: argparse.Namespace) -> None:
@@ -491,13 +353,15 @@ async def _set_limits(store: ApiKeyStore, args: argparse.Namespace) -> None:
         raise ValueError("Nothing to change: give --rate-limit, --credits or --refill.")
     if args.owner is not None:
         view = await store.set_owner_limits(args.owner, **changes)
-        text = "\n".join(f"{n:<13}{v}" for n, v in _limits_text(view)) or "no limits"
-        _print({"owner": args.owner, **_limits(view)}, args.json, text)
+        text = "\n".join(f"{n:<13}{v}" for n, v in limits_text(view)) or "no limits"
+        print_value({"owner": args.owner, **limit_fields(view)}, args.json, text)
         return
     await store.set_limits(args.id, **changes)
     view = await store.limits(args.id)
     record = await store.get(args.id)
-    _print({**_describe(record), **_limits(view)}, args.json, _details(record, view))
+    print_value(
+        {**describe(record), **limit_fields(view)}, args.json, details(record, view)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,78 +5,23 @@ missing or unusable key, 403 for a missing scope, 429 with ``Retry-After`` when
 a usage limit refuses, 503 with ``Retry-After`` when the store cannot answer.
 Responses to a key with a rate limit carry the ``RateLimit-Policy`` and
 ``RateLimit`` headers (draft-ietf-httpapi-ratelimit-headers). ``document(app)``
-lists all of these in the app's OpenAPI document, on every route this guards.
+lists all of these in the app's OpenAPI document (openapi.py).
 """
 
 import copy
-from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.openapi.models import APIKey as APIKeyScheme
 from fastapi.openapi.models import APIKeyIn
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
-from pydantic import BaseModel
 
+from keystore import openapi
 from keystore.errors import KeyRejected, LimitExceeded, StoreBusy, StoreUnavailable
 from keystore.limits.limiter import RateItem
 from keystore.models import ApiKey
 from keystore.settings import Settings
 from keystore.store import get_store
-
-
-class ErrorOut(BaseModel):
-    """The body of a refusal (but a 422, whose body is FastAPI's)."""
-
-    detail: str
-
-
-# The OpenAPI objects of the answers below, for document().
-_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-_SECONDS = {"type": "integer", "minimum": 0}
-_RATE_HEADERS = {
-    "RateLimit-Policy": {
-        "description": 'A key with a rate limit: each limit, `"key";q=100;w=60`.',
-        "schema": {"type": "string"},
-    },
-    "RateLimit": {
-        "description": 'What is left of each, seconds to reset: `"key";r=42;t=17`.',
-        "schema": {"type": "string"},
-    },
-}
-
-
-def _answer(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "content": _ERROR}
-    if headers:
-        answer["headers"] = headers
-    return answer
-
-
-_UNAUTHORIZED = _answer(
-    "Missing, unknown, malformed, disabled or expired API key (or several).",
-    {
-        "WWW-Authenticate": {
-            "required": True,
-            "schema": {"type": "string", "const": "APIKey"},
-        }
-    },
-)
-_FORBIDDEN = _answer("The API key lacks a scope this route needs.", _RATE_HEADERS)
-_LIMITED = _answer(
-    "A usage limit refuses: `Rate limit exceeded.` or `Usage credits exhausted.`",
-    {
-        "Retry-After": {
-            "description": "Seconds until a request would pass, if known.",
-            "schema": _SECONDS,
-        },
-        **_RATE_HEADERS,
-    },
-)
-_UNAVAILABLE = _answer(
-    "The key store cannot answer now; retry after `Retry-After` seconds.",
-    {"Retry-After": {"required": True, "schema": _SECONDS}},
-)
 
 
 def _rated(record: ApiKey) -> bool:
@@ -227,51 +172,9 @@ class ApiKeyAuth(SecurityBase):
         return record
 
     def document(self, app: FastAPI) -> None:
-        """List this dependency's answers in ``app``'s OpenAPI document.
-
-        Every operation whose security requirement names this scheme gets 401,
-        429 and 503, 403 if it asks for a scope, and the RateLimit headers on
-        its successes; an answer the route documents itself is left as it is.
-        """
-        generate = app.openapi
-
-        def openapi() -> dict[str, Any]:
-            schema = generate()
-            self._add_answers(schema)
-            return schema
-
-        # FastAPI's way to extend the document (docs: how-to/extending-openapi).
-        app.openapi = openapi  # type: ignore[method-assign]
-
-    def _add_answers(self, schema: dict[str, Any]) -> None:
-        # The security requirement is FastAPI's own reading of the route's
-        # dependencies, scopes included: the answers cannot drift from them.
-        guarded = False
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                needs = [
-                    scopes
-                    for requirement in operation.get("security", [])
-                    for name, scopes in requirement.items()
-                    if name == self.scheme_name
-                ]
-                if not needs:
-                    continue
-                guarded = True
-                responses = operation.setdefault("responses", {})
-                for code, answer in responses.items():
-                    if code.startswith("2"):
-                        headers = answer.setdefault("headers", {})
-                        for name, header in _RATE_HEADERS.items():
-                            headers.setdefault(name, copy.deepcopy(header))
-                answers = {"401": _UNAUTHORIZED, "429": _LIMITED, "503": _UNAVAILABLE}
-                if any(needs):
-                    answers["403"] = _FORBIDDEN
-                for code, answer in sorted(answers.items()):
-                    responses.setdefault(code, copy.deepcopy(answer))
-        if guarded:
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.setdefault("ErrorOut", ErrorOut.model_json_schema())
+        """List this dependency's answers (401, 403, 429, 503, the RateLimit
+        headers) in ``app``'s OpenAPI document (openapi.py)."""
+        openapi.document(app, self.scheme_name)
 
     def _presented_key(self, request: Request) -> str | None:
         values = request.headers.getlist(self.header)

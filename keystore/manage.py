@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keystore._firestore.conditional import Read
-from keystore._firestore.documents import Create, KeyCollection, Update
+from keystore._firestore.documents import KeyCollection
 from keystore._firestore.errors import Missing, Refused
+from keystore._firestore.writes import Create, Update
 from keystore.errors import (
     InsufficientCredits,
     InvalidRow,

@@ -119,7 +119,7 @@ class ApiKeyStore:
     @property
     def background_restarts(self) -> dict[str, int]:
         """Restarts of each background task after an unexpected error."""
-        tasks = (self._flusher, self.limiter.sweeper, *self.view.background)
+        tasks = (self._flusher, self.limiter.sweeper.task, *self.view.background)
         return {task.name: task.restarts for task in tasks}
 
     @property
@@ -148,7 +148,7 @@ class ApiKeyStore:
         )
         if self._counting:
             self._flusher.start()
-        self.limiter.sweeper.start()
+        self.limiter.sweeper.task.start()
 
     async def aclose(self) -> None:
         """Give back what the leases hold unspent, write pending usage counts,
@@ -156,11 +156,11 @@ class ApiKeyStore:
         Never raises: what could not be given back or written is logged."""
         timer = time.monotonic  # real time: the shutdown's own budget
         deadline = timer() + self.settings.shutdown_seconds
-        await self.limiter.sweeper.stop()
+        await self.limiter.sweeper.task.stop()
         try:
             # Half the time for the leases; what is left, for the counts.
             seconds = self.settings.shutdown_seconds / 2
-            held = await self.limiter.give_back(insist=True, seconds=seconds)
+            held = await self.limiter.sweeper.give_back(insist=True, seconds=seconds)
         except Exception:
             logger.exception("The leases could not be given back.")
             held = -1
@@ -313,7 +313,7 @@ class ApiKeyStore:
         same commit (InsufficientCredits if it has fewer)."""
         if funded_by is not None and credits:
             # What this process holds of the funder's credits goes back first.
-            await self.limiter.release(funded_by)
+            await self.limiter.sweeper.release(funded_by)
         return await self._manage.create(
             name=name,
             scopes=scopes,

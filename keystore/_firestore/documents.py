@@ -8,7 +8,6 @@ their deadlines and their errors belong to ``connection.py``.
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
@@ -28,10 +27,11 @@ from google.cloud.firestore_v1.types import (
 
 from keystore._firestore import conditional
 from keystore._firestore.commits import Commit, Commits
-from keystore._firestore.conditional import Read, field_path
+from keystore._firestore.conditional import Read
 from keystore._firestore.connection import Connection
 from keystore._firestore.errors import Missing, Refused
 from keystore._firestore.values import decode_fields, encode_fields
+from keystore._firestore.writes import Create, Delete, Update
 from keystore.errors import KeyNotFound
 from keystore.keys import is_document_id
 
@@ -318,82 +318,9 @@ class KeyCollection:
         self.writes["usage"] += 3  # the row, the day and the marker
 
 
-@dataclass(frozen=True, slots=True)
-class Create:
-    """Make the document at ``path`` (``collection/id``); it must not exist.
-    ``stamp`` names a field set to the commit's time."""
-
-    path: str
-    fields: Row
-    stamp: str | None = None
-
-    def write(self, connection: Connection) -> Write:
-        return Write(
-            update=Document(
-                name=connection.path(self.path), fields=encode_fields(self.fields)
-            ),
-            update_transforms=_stamp(self.stamp),
-            current_document=Precondition(exists=False),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """Set top-level ``fields`` of the document at ``path`` (None: delete the
-    field); it must exist, and with ``after``, be unchanged since that read.
-    ``stamp`` names a field set to the commit's time."""
-
-    path: str
-    fields: Row
-    after: Read | None = None
-    stamp: str | None = None
-
-    def write(self, connection: Connection) -> Write:
-        if self.after is None:
-            precondition = Precondition(exists=True)
-        elif self.after.update_time is None:
-            precondition = Precondition(exists=False)
-        else:
-            precondition = Precondition(update_time=self.after.update_time)
-        kept = {name: value for name, value in self.fields.items() if value is not None}
-        transforms = []
-        if self.stamp is not None:
-            transforms.append(
-                _transform(field_path(self.stamp), set_to_server_value=_REQUEST_TIME)
-            )
-        return Write(
-            update=Document(
-                name=connection.path(self.path), fields=encode_fields(kept)
-            ),
-            update_mask=DocumentMask(field_paths=[field_path(n) for n in self.fields]),
-            update_transforms=transforms,
-            current_document=precondition,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    """Delete the document at ``path``; it must exist."""
-
-    path: str
-
-    def write(self, connection: Connection) -> Write:
-        return Write(
-            delete=connection.path(self.path),
-            current_document=Precondition(exists=True),
-        )
-
-
 def _count(row: Row, name: str) -> int:
     value = row.get(name)
     return value if type(value) is int else 0
-
-
-def _stamp(name: str | None) -> list[DocumentTransform.FieldTransform]:
-    """Set the field ``name`` (if any) to the commit's time."""
-    if name is None:
-        return []
-    return [_transform(field_path(name), set_to_server_value=_REQUEST_TIME)]
 
 
 def _transform(field_path: str, **change: Any) -> DocumentTransform.FieldTransform:

@@ -17,23 +17,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from keystore.background import Background
 from keystore.errors import (
     CreditsExhausted,
-    InvalidRow,
     KeyNotFound,
     RateLimited,
     StoreUnavailable,
 )
 from keystore.limits.allowance import Allowance
-from keystore.limits.ledger import Ledger, Outcome, OutcomeUnknown
+from keystore.limits.ledger import Ledger
+from keystore.limits.ops import Ops
+from keystore.limits.sweeper import Sweeper
 from keystore.limits.values import RateLimit, seconds_until
 from keystore.models import ApiKey
 
 logger = logging.getLogger(__name__)
-
-#: How many times an op follows a rotated key's limits to another row.
-_MOVES = 4
 
 #: One limit for a response's RateLimit headers: its RateLimit-Policy item,
 #: the RateLimit item's template, the requests left and seconds to reset.
@@ -56,23 +53,34 @@ class Limiter:
         wait_seconds: float,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ledger = ledger
         self._keys, self._owners = keys, owners
         self._lease_seconds = lease_seconds
-        self._expiry = lease_expiry
-        self._retry_after = retry_after
-        self._recheck = recheck_seconds
         self._wait_seconds = wait_seconds
         self._timer = timer
         self._allowances: dict[tuple[str, str], Allowance] = {}
+        #: Runs the ops on allowances; gives back what is idle, at shutdown too.
+        self.ops = Ops(
+            ledger,
+            lease_seconds=lease_seconds,
+            lease_expiry=lease_expiry,
+            retry_after=retry_after,
+            recheck_seconds=recheck_seconds,
+            timer=timer,
+        )
+        self.sweeper = Sweeper(
+            self.ops,
+            self._allowances,
+            keys=keys,
+            lease_seconds=lease_seconds,
+            lease_expiry=lease_expiry,
+            timer=timer,
+        )
         #: Requests refused, by cause ("rate", "credits"); credits spent.
         self.refused: Counter[str] = Counter()
         self.credits_spent = 0
         #: Requests checked against limits, and those that waited for a lease.
         self.checks = 0
         self.waits = 0
-        self.sweeper = Background(self._sweep_forever, name="lease sweeper")
-        self._invalid_warned: set[str] = set()
 
     def __len__(self) -> int:
         """Allowances held in memory."""
@@ -113,7 +121,7 @@ class Limiter:
             if (a.rate_held < a.rate_low or a.credits_held < a.credits_low) and (
                 a.op is None
             ):
-                self._start(a)
+                self.ops.start(a)
         self.credits_spent += charged
         return charged
 
@@ -150,7 +158,7 @@ class Limiter:
             if (a.rate_held < a.rate_low or a.credits_held < a.credits_low) and (
                 a.op is None and now >= a.degraded_until
             ):
-                self._start(a)
+                self.ops.start(a)
         self.credits_spent += charged
         return charged
 
@@ -260,7 +268,7 @@ class Limiter:
         if a.stale and not degraded:
             return False  # the row changed: a lease tells how
         if a.name == "owner" and now >= a.recheck_at and a.op is None and not degraded:
-            self._start(a)  # an owner's limits are learnt from its leases
+            self.ops.start(a)  # an owner's limits are learnt from its leases
         rate = a.rate
         if rate is not None:
             if not a.shared:
@@ -349,7 +357,7 @@ class Limiter:
             a.waiting += 1
             a.waiting_cost += cost
             if a.op is None:
-                self._start(a)
+                self.ops.start(a)
         try:
             async with asyncio.timeout(self._wait_seconds):
                 await asyncio.gather(
@@ -363,175 +371,3 @@ class Limiter:
                 a.waiting_cost -= cost
 
     # -- ops -----------------------------------------------------------------
-
-    def _start(
-        self,
-        a: Allowance,
-        *,
-        give_back: bool = False,
-        stamp: bool = False,
-        insist: bool = False,
-    ) -> "asyncio.Task[bool]":
-        assert not a.evicted, "an op on a dropped allowance would go unnoticed"
-        task = asyncio.ensure_future(
-            self._run(a, give_back=give_back, stamp=stamp, insist=insist)
-        )
-        a.op = task
-        return task
-
-    async def _run(
-        self, a: Allowance, *, give_back: bool, stamp: bool, insist: bool
-    ) -> bool:
-        """One op on ``a``; False if Firestore gave no answer to go by."""
-        now = self._timer()
-        a.note_use(now)
-        if give_back:
-            a.returning = True  # closes the fast path until the op ends
-            a.refresh(now, self._lease_seconds)
-        try:
-            outcome = await self._lease(
-                a, give_back=give_back, stamp=stamp, insist=insist
-            )
-        except StoreUnavailable as exc:
-            if isinstance(exc, OutcomeUnknown):
-                a.lost(give_back=give_back)
-            self._failed(a, exc)
-            return False
-        except InvalidRow as exc:
-            self._failed(a, exc)
-            if a.doc_id not in self._invalid_warned:
-                self._invalid_warned.add(a.doc_id)
-                logger.warning("%s", exc)
-            return False
-        except Exception as exc:
-            # Never a 500, and never a lease forgotten: an op that failed in
-            # an unforeseen way is taken as sent and unanswered.
-            logger.exception("A lease on %s failed unexpectedly.", a.doc_id)
-            a.lost(give_back=give_back)
-            self._failed(a, exc)
-            return False
-        finally:
-            a.op = None
-            a.returning = False
-        self._apply(a, outcome)
-        return True
-
-    async def _lease(
-        self, a: Allowance, *, give_back: bool, stamp: bool, insist: bool
-    ) -> Outcome:
-        for _ in range(_MOVES):
-            outcome = await self.ledger.lease(
-                f"{a.collection}/{a.doc_id}",
-                lambda: a.ask(
-                    uuid.uuid4().hex,
-                    self._lease_seconds,
-                    give_back=give_back,
-                    stamp=stamp,
-                ),
-                insist=insist,
-            )
-            moved = outcome.grant.moved_to
-            if moved is None:
-                return outcome
-            # A rotated key's limits (and this allowance's entry) moved along.
-            a.doc_id = moved
-        raise StoreUnavailable(f"The limits of {a.doc_id} moved too often; retry.")
-
-    def _failed(self, a: Allowance, exc: BaseException) -> None:
-        now = self._timer()
-        a.degraded_until = now + self._retry_after
-        a.refresh(now, self._lease_seconds)
-        logger.debug("lease on %s %s failed: %s", a.name, a.doc_id, exc)
-
-    def _apply(self, a: Allowance, outcome: Outcome) -> None:
-        now = self._timer()
-        grant = outcome.grant
-        a.recheck_at = now + self._recheck
-        a.degraded_until = 0.0
-        if grant.missing:
-            a.drop()
-            a.unknown = False
-            if a.name == "key":
-                a.gone = True  # the row is gone: the key was revoked
-            else:
-                a.configure(None, None, False)  # an owner without limits
-        else:
-            a.settle(
-                grant,
-                sent=outcome.sent,
-                committed=outcome.committed,
-                expiry=self._expiry,
-            )
-        a.refresh(now, self._lease_seconds)
-
-    # -- background: idle leases go back ---------------------------------------
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(min(self._lease_seconds, self._expiry / 4))
-            await self.sweep(idle_for=2 * self._lease_seconds)
-
-    async def sweep(self, *, idle_for: float) -> None:
-        """Give back what allowances idle for ``idle_for`` seconds hold, and
-        drop them; renew entries stamped long ago."""
-        now = self._timer()
-        ops = []
-        for key, a in list(self._allowances.items()):
-            if a.op is not None or a.waiting:
-                continue
-            if now - a.last_used >= idle_for:
-                if a.holds_anything:
-                    ops.append(self._start(a, give_back=True))
-                else:
-                    self._evict(key, a)
-            elif a.entry is not None and now - a.stamped >= self._expiry / 3:
-                ops.append(self._start(a, stamp=True))
-        await asyncio.gather(*(asyncio.shield(op) for op in ops))
-        for key, a in list(self._allowances.items()):
-            if self._timer() - a.last_used >= idle_for:
-                self._evict(key, a)
-
-    def _evict(self, key: tuple[str, str], a: Allowance) -> None:
-        """Drop ``a`` if nothing is held, under way or waiting on it: a record
-        bound to it binds anew."""
-        if a.op is not None or a.waiting or a.holds_anything:
-            return
-        del self._allowances[key]
-        a.evicted = True
-        a.fast_until = 0.0
-
-    async def release(self, record: ApiKey) -> None:
-        """Give back what this process holds of ``record``'s own limits (its
-        credits are about to be handed on)."""
-        a = self._allowances.get((self._keys, record.limits_in or record.id))
-        if a is None:
-            return
-        if a.op is not None:
-            await asyncio.shield(a.op)
-        if a.holds_anything and a.op is None:
-            await asyncio.shield(self._start(a, give_back=True))
-
-    async def give_back(self, *, insist: bool = False, seconds: float = 0.0) -> int:
-        """Give back everything held; at shutdown (``insist``), trying again
-        for up to ``seconds``. The number of documents still holding a lease
-        of ours."""
-        # Real time, not the injectable timer: a shutdown's own budget.
-        deadline = time.monotonic() + seconds
-        # An op under way may bring a lease (a first one, say): wait for it.
-        pending = [
-            a for a in self._allowances.values() if a.holds_anything or a.op is not None
-        ]
-        while True:
-            for a in pending:
-                if a.op is not None:
-                    await asyncio.shield(a.op)  # a top-up under way: then back
-            ops = [
-                self._start(a, give_back=True, insist=insist)
-                for a in pending
-                if a.op is None and a.holds_anything
-            ]
-            await asyncio.gather(*(asyncio.shield(op) for op in ops))
-            pending = [a for a in pending if a.holds_anything]
-            if not pending or time.monotonic() >= deadline:
-                return len(pending)
-            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from keystore import ApiKeyStore, Settings, get_store
-from keystore.fields import RATE_LIMIT_PATTERN, REFILL_PATTERN, Timestamp
+from keystore.admin_schemas import RATE_LIMIT_PATTERN, REFILL_PATTERN, Timestamp
 from keystore.limits import (
     MAX_AMOUNT,
     MAX_WINDOW_SECONDS,

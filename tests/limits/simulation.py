@@ -520,7 +520,7 @@ class Sim:
             proc = rng.choice(running)
             # The idle sweep; or everything given back at once, requests or not.
             idle = rng.choice([2 * LEASE_SECONDS, 2 * LEASE_SECONDS, 0.0])
-            self.spawn(proc, proc.limiter.sweep(idle_for=idle))
+            self.spawn(proc, proc.limiter.sweeper.sweep(idle_for=idle))
         elif action == "late" and self.late:
             sets, stamp, version = self.late.pop(rng.randrange(len(self.late)))
             if self.doc.commit(sets, stamp, version, self.now):
@@ -607,7 +607,7 @@ class Sim:
         for proc in self.procs:
             if not proc.dead:
                 await asyncio.gather(*proc.tasks, return_exceptions=True)
-                left = await proc.limiter.give_back()
+                left = await proc.limiter.sweeper.give_back()
                 if left:
                     self.fail(f"{proc.name} could not give back with no faults")
         self.now += EXPIRY * 2

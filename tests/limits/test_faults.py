@@ -132,7 +132,7 @@ async def test_a_give_back_whose_answer_is_lost_is_not_spent_again(
     try:
         accepted = await spend_all(a, made.key, 10)
         lose.skip, lose.count = 0, 1
-        await a.limiter.give_back()  # the idle sweeper's give-back; answer lost
+        await a.limiter.sweeper.give_back()  # the idle sweeper's give-back; answer lost
         assert lose.lost == 1
         accepted += await spend_all(b, made.key, 200)  # takes what came back
         await asyncio.sleep(settings.retry_after + 0.1)
@@ -154,7 +154,7 @@ async def test_a_request_during_a_give_back_waits_for_it(settings: Settings) -> 
         accepted = await spend_all(a, made.key, 10)
         record = await a.verify(made.key)
         hold.armed = True
-        giving = asyncio.ensure_future(a.limiter.give_back())
+        giving = asyncio.ensure_future(a.limiter.sweeper.give_back())
         await hold.started.wait()  # its commit is on the way
         during = sum(a.try_spend(record) for _ in range(5))
         await giving
@@ -225,12 +225,12 @@ async def test_a_lease_stranded_while_its_holder_had_no_cpu_is_never_spent(
     await b.open()
     try:
         accepted = await spend_all(a, made.key, 20)
-        await a.limiter.sweeper.stop()  # no CPU: no sweeps, no renewals
+        await a.limiter.sweeper.task.stop()  # no CPU: no sweeps, no renewals
         held = allowance(a, made.record.id).credits_held
         assert held > 0
         for _ in range(8):  # b keeps writing the row past a's expiry
             accepted += await spend_all(b, made.key, 5)
-            await b.limiter._start(allowance(b, made.record.id), stamp=True)
+            await b.limiter.ops.start(allowance(b, made.record.id), stamp=True)
             await asyncio.sleep(0.5)
         found = await row(settings, made.record.id)
         (stranded,) = found["stranded"].values()

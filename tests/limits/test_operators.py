@@ -81,7 +81,7 @@ async def test_a_row_deleted_and_restored_is_accepted_again(
         kept = await row(settings, made.record.id)
         record = await a.verify(made.key)
         await a.revoke(made.record.id)
-        await a.limiter._start(allowance(a, made.record.id))  # finds it gone
+        await a.limiter.ops.start(allowance(a, made.record.id))  # finds it gone
         with pytest.raises(KeyNotFound):
             await a.spend(record)
         await console_add(  # an operator puts it back by hand
@@ -127,7 +127,7 @@ async def test_rotation_moves_credits_exactly_while_leases_run(
         found = await original(path, cause=cause)
         if not interleaved:  # a's lease lands between the rotation's read and commit
             interleaved = True
-            await a.limiter._start(allowance(a, made.record.id))
+            await a.limiter.ops.start(allowance(a, made.record.id))
         return found
 
     rotator._rows.read = read_then_lease  # type: ignore[method-assign]
@@ -169,6 +169,6 @@ async def test_an_owners_limits_set_by_hand_apply_at_its_next_lease(
         # The owner's next lease (at least every recheck, 0.2 s here) learns
         # the new limit, and gives back what the window holds beyond it.
         owner = a.limiter._allowances[owners.owners_collection, "acme"]
-        await a.limiter._start(owner)
+        await a.limiter.ops.start(owner)
         assert owner.rate is not None and owner.rate.limit == 4
         assert await spend_all(a, made.key, 10) <= 4 - 3
