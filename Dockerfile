@@ -32,4 +32,6 @@ EXPOSE 8080
 # usage counts flush and the Firestore client closes within Cloud Run's 10 s.
 # No access log: Cloud Run logs every request itself, and a line per request
 # costs the event loop.
+# No --http or --loop: uvicorn picks httptools and uvloop, which the server extra
+# installs, 1.6x the req/s of h11 and asyncio (benchmarks/README.md, servers).
 CMD ["sh", "-c", "exec uvicorn api.main:app --host 0.0.0.0 --port \"${PORT}\" --proxy-headers --forwarded-allow-ips='*' --no-server-header --no-access-log --timeout-graceful-shutdown 8"]

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only core,modes,limits,soak-limits,soak]``.
+"""``python -m benchmarks [--quick] [--only core,servers,modes,limits,soak,...]``.
 
 One Firestore emulator for all suites; servers on one CPU, loaders and the
 emulator on the other. Each suite prints one Markdown table, each figure beside
@@ -15,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from benchmarks import core, limits, modes, soak, soak_limits
+from benchmarks import core, limits, modes, servers, soak, soak_limits
 from benchmarks.harness import Bench, guarded
 from benchmarks.procs import ROOT
 from benchmarks.report import percentile
@@ -23,6 +23,7 @@ from benchmarks.report import percentile
 # The soak last: it stops and restarts the emulator.
 SUITES = {
     "core": core.run,
+    "servers": servers.run,
     "modes": modes.run,
     "limits": limits.run,
     "soak-limits": soak_limits.run,

@@ -111,17 +111,23 @@ class Bench:
 
     @asynccontextmanager
     async def serve(
-        self, name: str, app: str = DEMO, ready: str = "/healthz", **env: str
+        self,
+        name: str,
+        app: str = DEMO,
+        ready: str = "/healthz",
+        options: Sequence[str] = (),
+        **env: str,
     ) -> AsyncIterator[Server]:
         """``app`` under uvicorn, one worker on the servers' CPU, quiet logs, from
         the first 200 on ``ready`` until the block ends; ``module:app`` names an
-        app, any other name a factory."""
+        app, any other name a factory; ``options``: uvicorn's, added last."""
         with socket.socket() as s:
             s.bind((HOST, 0))
             port = s.getsockname()[1]
         argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port)]
         argv += ["--host", HOST, "--log-level", "warning", "--no-access-log"]
         argv += ["--factory"] if app.rpartition(":")[2] != "app" else []
+        argv += options
         env = {**os.environ, "KEYSTORE_LOG_LEVEL": "WARNING", **env}
         log = self.work / f"{name}.log"
         with log.open("wb") as out:

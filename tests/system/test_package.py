@@ -96,7 +96,7 @@ def test_the_metadata_names_the_distribution_and_its_needs(built: Built) -> None
     requires = meta.get_all("Requires-Dist") or []
     # The server is the demo app's, not the library's.
     assert [r for r in requires if "uvicorn" in r] == [
-        'uvicorn>=0.30; extra == "server"'
+        'uvicorn[standard]>=0.30; extra == "server"'
     ]
     assert "google-cloud-firestore>=2.16" in requires
     classifiers = meta.get_all("Classifier") or []
