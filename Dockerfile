@@ -14,7 +14,7 @@ WORKDIR /app
 COPY pyproject.toml README.md /tmp/deps/
 RUN mkdir /tmp/deps/keystore \
     && echo '__version__ = "0"' >/tmp/deps/keystore/__init__.py \
-    && pip install "/tmp/deps[server]" && pip uninstall -y firestore-keystore \
+    && pip install "/tmp/deps[demo]" && pip uninstall -y firestore-keystore \
     && rm -r /tmp/deps
 # The library, built from a copy of its own (no stale build/ from the layer above)
 # and installed: /app holds only the demo app, which the package does not ship.

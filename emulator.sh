@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The Firestore emulator for keystore: find it, start it on a free port, wait until it
-# answers, stop it; and the project's two commands, `serve` and `test`.
+# answers, stop it; the Firebase Auth emulator likewise; and the project's two
+# commands, `serve` and `test`.
 #
-#   ./emulator.sh serve [--https]   virtualenv, install, emulator, demo key, API on :8000
+#   ./emulator.sh serve [--https]   virtualenv, install, emulators, demo key, API on :8000
 #   ./emulator.sh test [PYTEST ARGS] virtualenv, install, the whole test suite
 #   ./emulator.sh lint              ruff and mypy, as CI runs them
-#   ./emulator.sh start | stop | status
+#   ./emulator.sh start | stop | status       the Firestore emulator
+#   ./emulator.sh auth-start | auth-stop      the Firebase Auth emulator
 #
 # Environment: KEYSTORE_EMULATOR_DIR (state: pid, port, log; default .emulator),
 # KEYSTORE_EMULATOR_PORT (default: a free port), KEYSTORE_EMULATOR_TIMEOUT (seconds
@@ -97,6 +99,85 @@ cmd_stop() {
   say "Firestore emulator stopped"
 }
 
+# -- the Firebase Auth emulator (firebase-tools, from npm, into tools/) -------------
+
+TOOLS=$ROOT/tools
+FIREBASE=$TOOLS/node_modules/.bin/firebase
+AUTH_DIR=$STATE_DIR/auth
+
+ensure_firebase_tools() {
+  local stamp=$TOOLS/node_modules/.keystore-installed
+  [ -x "$FIREBASE" ] && [ -f "$stamp" ] && [ ! "$TOOLS/package-lock.json" -nt "$stamp" ] && return
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
+    die "Node.js 20 or newer and npm are missing; the Firebase Auth emulator (firebase-tools) needs them. Install them (Debian: apt-get install nodejs npm; or https://nodejs.org)."
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' ||
+    die "Node.js $(node --version) is too old; firebase-tools needs 20 or newer."
+  say "installing firebase-tools into $TOOLS/node_modules (once)"
+  # The lock file pins every package; no install scripts are needed to run the
+  # Auth emulator, which is plain JavaScript.
+  npm ci --prefix "$TOOLS" --no-audit --no-fund --ignore-scripts --loglevel=error >&2 ||
+    die "npm could not install firebase-tools (output above)."
+  touch "$stamp"
+}
+
+auth_running() {
+  [ -f "$AUTH_DIR/pid" ] && kill -0 "$(cat "$AUTH_DIR/pid")" 2>/dev/null
+}
+
+cmd_auth_start() {
+  local port hub logs deadline project=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
+  if auth_running; then
+    echo "export FIREBASE_AUTH_EMULATOR_HOST=$HOST:$(cat "$AUTH_DIR/port")"
+    return
+  fi
+  ensure_firebase_tools
+  port=${KEYSTORE_AUTH_EMULATOR_PORT:-$(free_port)}
+  hub=$(free_port)
+  logs=$(free_port)
+  mkdir -p "$AUTH_DIR"
+  # Every port of its own, so that several runs (a server, a test suite) can
+  # share a machine; no UI.
+  cat >"$AUTH_DIR/firebase.json" <<JSON
+{"emulators": {"auth": {"host": "$HOST", "port": $port},
+  "hub": {"host": "$HOST", "port": $hub}, "logging": {"host": "$HOST", "port": $logs},
+  "ui": {"enabled": false}, "singleProjectMode": true}}
+JSON
+  # setsid, as for the Firestore emulator: stop ends its process group. Run
+  # from the state directory, where it writes its debug log.
+  cd "$AUTH_DIR"
+  CI=true setsid "$FIREBASE" emulators:start --only auth --project "$project" \
+    --config "$AUTH_DIR/firebase.json" --non-interactive >"$AUTH_DIR/log" 2>&1 </dev/null &
+  echo $! >"$AUTH_DIR/pid"
+  cd "$ROOT"
+  echo "$port" >"$AUTH_DIR/port"
+  deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))
+  until curl -sf "http://$HOST:$port/" 2>/dev/null | grep -q authEmulator; do
+    if ! auth_running; then
+      tail -n 20 "$AUTH_DIR/log" >&2 || true
+      rm -f "$AUTH_DIR/pid"
+      die "the Auth emulator exited before it was ready (log above, in full at $AUTH_DIR/log)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      cmd_auth_stop
+      die "the Auth emulator was not ready within ${KEYSTORE_EMULATOR_TIMEOUT:-60}s (log: $AUTH_DIR/log)"
+    fi
+    sleep 0.2
+  done
+  say "Firebase Auth emulator ready on $HOST:$port, project $project"
+  echo "export FIREBASE_AUTH_EMULATOR_HOST=$HOST:$port"
+}
+
+cmd_auth_stop() {
+  local pid
+  if ! auth_running; then rm -f "$AUTH_DIR/pid"; return; fi
+  pid=$(cat "$AUTH_DIR/pid")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$AUTH_DIR/pid"
+  say "Firebase Auth emulator stopped"
+}
+
 cmd_status() {
   if is_running; then
     echo "running on $HOST:$(cat "$STATE_DIR/port") (pid $(cat "$STATE_DIR/pid"))"
@@ -129,10 +210,12 @@ cmd_serve() {
   local https=0 port=${PORT:-8000} scheme=http tls=()
   [ "${1:-}" = "--https" ] && https=1
   ensure_venv
-  trap cmd_stop EXIT
+  trap 'cmd_auth_stop; cmd_stop' EXIT
   trap 'exit 130' INT TERM
+  export GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
   eval "$(cmd_start)"
-  export FIRESTORE_EMULATOR_HOST GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
+  eval "$(cmd_auth_start)"
+  export FIRESTORE_EMULATOR_HOST FIREBASE_AUTH_EMULATOR_HOST
   if [ "$https" = 1 ]; then
     tls=(--ssl-keyfile "$STATE_DIR/key.pem" --ssl-certfile "$STATE_DIR/cert.pem")
     [ -f "$STATE_DIR/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 365 \
@@ -146,7 +229,15 @@ cmd_serve() {
   KEYSTORE_TIMEOUT=${KEYSTORE_TIMEOUT:-15} "$VENV/bin/keystore" create --name demo --scope reports:read
   echo
   echo "Try:  curl ${tls:+-k }-H 'x-api-key: <the key above>' $scheme://127.0.0.1:$port/v1/whoami"
-  echo "Docs: $scheme://127.0.0.1:$port/docs    Ctrl-C stops the server and the emulator."
+  echo "Docs: $scheme://127.0.0.1:$port/docs    Ctrl-C stops the server and the emulators."
+  echo
+  echo "Customers manage their own keys at $scheme://127.0.0.1:$port/v1/me/ (sign up there),"
+  echo "or with curl: sign up a test customer with the Auth emulator, then list its keys:"
+  echo "  TOKEN=\$(curl -s 'http://$FIREBASE_AUTH_EMULATOR_HOST/identitytoolkit.googleapis.com/v1/accounts:signUp?key=any' \\"
+  echo "    -H 'content-type: application/json' -d '{\"email\":\"ann@example.com\",\"password\":\"secret-password\",\"returnSecureToken\":true}' \\"
+  echo "    | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"idToken\"])')"
+  echo "  curl ${tls:+-k }-X POST -H \"Authorization: Bearer \$TOKEN\" -H 'content-type: application/json' -d '{\"name\":\"laptop\"}' $scheme://127.0.0.1:$port/v1/me/keys"
+  echo "  curl ${tls:+-k }-H \"Authorization: Bearer \$TOKEN\" $scheme://127.0.0.1:$port/v1/me/keys"
   echo
   echo "To use the keystore command on this emulator and project, paste in a second terminal:"
   echo "  export FIRESTORE_EMULATOR_HOST=$FIRESTORE_EMULATOR_HOST GOOGLE_CLOUD_PROJECT=$GOOGLE_CLOUD_PROJECT"
@@ -155,8 +246,22 @@ cmd_serve() {
   "$VENV/bin/uvicorn" api.main:app --host 127.0.0.1 --port "$port" "${tls[@]}"
 }
 
+# The customers' page test drives Debian's headless Chromium: installed here
+# if it is missing and this user may (CI runs as root); the test says if not.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's chromium and chromium-driver (for the page test)"
+    { apt-get install -y -q --no-install-recommends chromium chromium-driver ||
+      { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+    } >/dev/null || say "could not install chromium; the page test will say so"
+  fi
+}
+
 cmd_test() {
   ensure_venv
+  ensure_firebase_tools
+  ensure_chromium
   # The suite starts and stops its own emulator through this script (tests/conftest.py).
   cd "$ROOT"
   local status=0
@@ -179,8 +284,10 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  auth-start) cmd_auth_start ;;
+  auth-stop) cmd_auth_stop ;;
   serve) shift; cmd_serve "$@" ;;
   test) shift; cmd_test "$@" ;;
   lint) cmd_lint ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ from functools import cache
 
 from fastapi import FastAPI
 
+from api.customers import build_customer_router
 from api.methods import method_not_allowed
 from api.routes import build_router
 from keystore import (
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(TraceMiddleware)
     app.include_router(build_router(auth))
     app.include_router(build_admin_router(auth, include_in_schema=settings.admin_docs))
+    app.include_router(build_customer_router(settings))
     # The OpenAPI document lists every answer; a 405 lists every method.
     auth.document(app)
     app.add_exception_handler(405, method_not_allowed)
@@ -58,12 +60,12 @@ def _app_from_env() -> FastAPI:
     load_env_file()
     try:
         settings = Settings.from_env()
+        configure_logging(settings)
+        return create_app(settings)
     except ConfigError as exc:
         # One line, no traceback: the setting, its value and what is allowed.
         print(f"keystore: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    configure_logging(settings)
-    return create_app(settings)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -3,23 +3,28 @@ unknown keys cost it. Baselines from the same run: over HTTP the floor app
 (floor_app.py), in process a set lookup, for unknown keys the sketch (sketch.py)."""
 
 import asyncio
+import hashlib
+import statistics
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, closing, suppress
 from functools import partial
 
 from benchmarks.harness import DEMO, FLOOR, Bench, Run
-from benchmarks.procs import BenchmarkError, Servers, on_cpu, sync_client
-from benchmarks.rawhttp import beside_unknown, fetch, get
+from benchmarks.procs import BenchmarkError, Server, Servers, on_cpu, sync_client
+from benchmarks.rawhttp import Connection, beside_unknown, fetch, get
 from benchmarks.report import Section, add_warm_checks, judged, per_call_us, ratio
 from benchmarks.sketch import Sketch, gets_from_threads
 from keystore import ApiKeyStore, MalformedKey, Settings
 from keystore.keys import new_key
 
 APPS = {"keystore": DEMO, "floor": FLOOR}
+SKETCH_APP = "benchmarks.sketch_app:create_app"
 WHOAMI = "/v1/whoami"
 MISS_RATE = 200.0
 HERD = 200
+#: Keys whose first check in the process is timed, half idle, half busy.
+FIRST_CHECKS = 40
 #: (connections, pause ms before each request). Saturated, the cached keys' p99
 #: grows by whatever CPU the misses take; 8 connections pausing 3 ms offer a
 #: steady load at about half the server's req/s, where a blocked event loop
@@ -32,12 +37,19 @@ async def run(bench: Bench) -> Section:
     # No lookup budget in process: the CPU figure is what one read costs.
     collection = bench.collection("core")
     settings = Settings(collection=collection, max_lookups_per_second=0)
+    count = 10 if bench.quick else FIRST_CHECKS
     async with ApiKeyStore(settings) as store:
         key = (await store.create(name="bench", scopes=["reports:read"])).key
+        firsts = [(await store.create(name="first")).key for _ in range(count)]
+    sketch_collection = bench.collection("sketch")
+    sketch_keys = _sketch_rows(sketch_collection, count)
     async with AsyncExitStack() as stack:
         env = {"KEYSTORE_COLLECTION": collection, "FLOOR_KEYS": key}
         apps = {name: bench.serve(name, app, **env) for name, app in APPS.items()}
         servers = {n: await stack.enter_async_context(a) for n, a in apps.items()}
+        sketch = await stack.enter_async_context(
+            bench.serve("sketch", SKETCH_APP, SKETCH_COLLECTION=sketch_collection)
+        )
         with on_cpu(bench.cpus.load):
             for app, server in servers.items():
                 status, text = await fetch(get(server.url + WHOAMI, key))
@@ -45,6 +57,12 @@ async def run(bench: Bench) -> Section:
                     raise BenchmarkError(f"{app} refused the key: {text}")
             await _throughput(s, bench, servers, key)
             await _latency(s, bench, servers, key)
+            await _first_checks(
+                s,
+                bench,
+                {"keystore": (servers["keystore"], firsts)},
+                {"sketch": (sketch, sketch_keys)},
+            )
     with on_cpu(bench.cpus.server):
         bench.say("core: in process: warm check, herd, malformed and unknown keys")
         await _in_process(s, bench.quick, settings, key)
@@ -103,6 +121,66 @@ async def _latency(s: Section, bench: Bench, servers: Servers, key: str) -> None
             f"cached-key p99 ms, idle → {MISS_RATE:g} unknown keys/s, {level} ({how})"
         )
         s.add(label, _p99(idle, busy), f"{_p99(*floor)} floor", target)
+
+
+def _sketch_rows(collection: str, count: int) -> list[str]:
+    """``count`` keys as the sketch stores them (document id: SHA-256 hex)."""
+    keys = [new_key("ks") for _ in range(count)]
+    with sync_client() as client:
+        for key in keys:
+            doc_id = hashlib.sha256(key.encode()).hexdigest()
+            client.collection(collection).document(doc_id).set({"name": "first"})
+    return keys
+
+
+async def _first_checks(
+    s: Section,
+    bench: Bench,
+    ours: dict[str, tuple[Server, list[str]]],
+    sketch: dict[str, tuple[Server, list[str]]],
+) -> None:
+    """The latency of each key's first check in the process (a Firestore read
+    behind it), one at a time: half idle, half while unknown keys arrive."""
+    cells = {}
+    for app, (server, keys) in {**ours, **sketch}.items():
+        half = len(keys) // 2
+        url = server.url + WHOAMI
+        idle = await _first(url, keys[:half])
+        seconds = 1.0 + half * (FIRST_PAUSE + 0.05)
+        busy, _ = await beside_unknown(
+            url, MISS_RATE, seconds, _first(url, keys[half:])
+        )
+        cells[app] = f"{_spread(idle)} → {_spread(busy)}"
+        bench.say(f"core: first checks, {app}: {cells[app]}")
+    s.add(
+        f"first check of a key, ms p50 (max): idle → {MISS_RATE:g} unknown keys/s",
+        cells["keystore"],
+        f"{cells['sketch']} sketch",
+        "(reported; the seed sketch blocks its loop per read)",
+    )
+
+
+#: Seconds between first checks: each is alone on the server.
+FIRST_PAUSE = 0.1
+
+
+async def _first(url: str, keys: list[str]) -> list[tuple[int, float]]:
+    """(status, ms) of GET ``url`` with each of ``keys``, one at a time."""
+    answers = []
+    with closing(Connection()) as conn:
+        for key in keys:
+            started = time.perf_counter()
+            answer = await conn.send(get(url, key))
+            answers.append((answer.status, 1000 * (time.perf_counter() - started)))
+            await asyncio.sleep(FIRST_PAUSE)
+    return answers
+
+
+def _spread(answers: list[tuple[int, float]]) -> str:
+    ms = sorted(took for _, took in answers)
+    text = f"{statistics.median(ms):.1f} ({ms[-1]:.1f})"
+    refused = sum(status != 200 for status, _ in answers)
+    return text + (f", {refused} of {len(answers)} not 200" if refused else "")
 
 
 async def _in_process(s: Section, quick: bool, settings: Settings, key: str) -> None:

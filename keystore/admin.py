@@ -1,4 +1,5 @@
-"""The admin API: manage keys over HTTP, under ``/admin/keys``.
+"""The admin API: manage keys over HTTP, under ``/admin/keys``; owners' usage
+for billing under ``/admin/owners/{owner}/usage``.
 
 Every route needs a key with the scope ``admin``. A caller can only hand out
 scopes it holds itself, and no more than its limits hold (grants.py), so an
@@ -12,18 +13,8 @@ from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, Security
 
-from keystore.admin_schemas import (
-    BrokenKeyOut,
-    DayUsage,
-    KeyCreate,
-    KeyCreated,
-    KeyOut,
-    KeyRotate,
-    KeyUpdate,
-    UsageOut,
-)
 from keystore.dependency import ApiKeyAuth, unavailable
 from keystore.errors import (
     InsufficientCredits,
@@ -35,6 +26,18 @@ from keystore.grants import Grantor, Refusal, check_create, check_rotate, check_
 from keystore.limits import parse_rate_limit, parse_refill
 from keystore.models import ApiKey, BrokenRow
 from keystore.openapi import ErrorOut
+from keystore.reports import MONTH_PATTERN, OwnerUsage, month_span
+from keystore.schemas import (
+    OWNER_PATTERN,
+    BrokenKeyOut,
+    DayUsage,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    KeyRotate,
+    KeyUpdate,
+    UsageOut,
+)
 from keystore.store import ApiKeyStore, get_store
 
 logger = logging.getLogger(__name__)
@@ -116,6 +119,9 @@ _GRANTING = _answer(
 )
 _MISSING = _answer(404, "No key with this id.")
 _BROKEN = _answer(409, "The key's row has a field keystore cannot read; fix it first.")
+_BROKEN_OWNER = _answer(
+    409, "The owner's document has a limit keystore cannot read; fix it first."
+)
 
 
 async def _store() -> ApiKeyStore:
@@ -130,10 +136,10 @@ def build_admin_router(
     Store = Annotated[ApiKeyStore, Depends(_store)]
     # 401, 403, 429 and 503 are the dependency's: ApiKeyAuth.document(app).
     router = APIRouter(
-        prefix="/admin/keys", tags=["admin"], include_in_schema=include_in_schema
+        prefix="/admin", tags=["admin"], include_in_schema=include_in_schema
     )
 
-    @router.post("", status_code=201, responses=_UNREADABLE | _GRANTING)
+    @router.post("/keys", status_code=201, responses=_UNREADABLE | _GRANTING)
     async def create_key(body: KeyCreate, actor: Admin, store: Store) -> KeyCreated:
         """Make a key; the response holds the plaintext key, shown this once."""
         _require_held(actor, body.scopes)
@@ -156,7 +162,7 @@ def build_admin_router(
         _audit("create", actor, made.record.id)
         return KeyCreated.made(made)
 
-    @router.get("")
+    @router.get("/keys")
     async def list_keys(
         actor: Admin,
         store: Store,
@@ -170,14 +176,16 @@ def build_admin_router(
         _audit("list", actor, "*")
         return [_out(row) for row in rows]
 
-    @router.get("/{key_id}", responses=_MISSING)
+    @router.get("/keys/{key_id}", responses=_MISSING)
     async def get_key(key_id: str, actor: Admin, store: Store) -> KeyOut | BrokenKeyOut:
         """One key by id."""
         row = await _found(store.get(key_id))
         _audit("get", actor, key_id)
         return _out(row)
 
-    @router.patch("/{key_id}", responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN)
+    @router.patch(
+        "/keys/{key_id}", responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN
+    )
     async def update_key(
         key_id: str, body: KeyUpdate, actor: Admin, store: Store
     ) -> KeyOut:
@@ -200,7 +208,7 @@ def build_admin_router(
         _audit("update", actor, key_id)
         return KeyOut.of(record)
 
-    @router.delete("/{key_id}", status_code=204, responses=_MISSING)
+    @router.delete("/keys/{key_id}", status_code=204, responses=_MISSING)
     async def delete_key(key_id: str, actor: Admin, store: Store) -> Response:
         """Revoke a key: its row is deleted."""
         await _found(store.revoke(key_id))
@@ -208,7 +216,7 @@ def build_admin_router(
         return Response(status_code=204)
 
     @router.post(
-        "/{key_id}/rotate",
+        "/keys/{key_id}/rotate",
         status_code=201,
         responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN,
     )
@@ -237,7 +245,7 @@ def build_admin_router(
         _audit("rotate", actor, key_id)
         return KeyCreated.made(made)
 
-    @router.get("/{key_id}/usage", responses=_MISSING)
+    @router.get("/keys/{key_id}/usage", responses=_MISSING)
     async def key_usage(
         key_id: str,
         actor: Admin,
@@ -256,6 +264,19 @@ def build_admin_router(
                 for day, count, credits in usage.days
             ],
         )
+
+    @router.get("/owners/{owner}/usage", responses=_BROKEN_OWNER)
+    async def owner_usage(
+        owner: Annotated[str, Path(max_length=200, pattern=OWNER_PATTERN)],
+        month: Annotated[str, Query(pattern=MONTH_PATTERN)],
+        actor: Admin,
+        store: Store,
+    ) -> OwnerUsage:
+        """An owner's uses and credits per UTC day and key in ``month``
+        (YYYY-MM), keys revoked since included: one invoice line."""
+        report = await _found(store.owner_usage(owner, *month_span(month)))
+        _audit("owner usage", actor, owner)
+        return report
 
     return router
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from keystore.limits.edits import LimitView
 from keystore.models import ApiKey, BrokenRow, NewKey, Usage
+from keystore.reports import OwnerUsage
 from keystore.times import relative, utcnow
 
 Row = ApiKey | BrokenRow
@@ -143,6 +144,24 @@ def usage_text(usage: Usage) -> str:
         return head
     lines = [[d, str(n), str(c)] for d, n, c in usage.days]
     return head + "\n" + table(("DAY", "USES", "CREDITS"), lines)
+
+
+def owner_usage_text(report: OwnerUsage) -> str:
+    head = (
+        f"Owner {report.owner}, {report.first_day} to {report.last_day}: "
+        f"{report.uses} uses, {report.credits} credits"
+    )
+    if report.credits_left is not None:
+        head += f"; {report.credits_left} credits left"
+    lines = [
+        [day.day, key.id, key.name or "(revoked)", str(day.uses), str(day.credits)]
+        for key in report.keys
+        for day in key.days
+    ]
+    if not lines:
+        return head
+    lines.sort()
+    return head + "\n" + table(("DAY", "KEY", "NAME", "USES", "CREDITS"), lines)
 
 
 def print_new(made: NewKey, as_json: bool, verb: str) -> None:

@@ -12,6 +12,7 @@
     │   ├── RateLimited     the rate limit's window is used up
     │   └── CreditsExhausted no credits left
     ├── InsufficientCredits a key cannot give that many credits to a new key
+    ├── TooManyKeys         an owner has as many live keys as its cap allows
     └── StoreUnavailable    Firestore did not answer within the deadline (HTTP 503)
         └── StoreBusy       too many lookups at once; this one was not sent (503)
 
@@ -120,3 +121,15 @@ class InsufficientCredits(KeyStoreError):
         )
         self.key_id = key_id
         self.wanted = wanted
+
+
+class TooManyKeys(KeyStoreError):
+    """An owner has as many live keys as its cap allows."""
+
+    def __init__(self, owner: str, most: int) -> None:
+        super().__init__(
+            f"At most {most} live keys per owner: revoke a key first, or rotate "
+            "one with grace_seconds 0."
+        )
+        self.owner = owner
+        self.most = most

@@ -18,10 +18,13 @@ from typing import Any
 from keystore._firestore.conditional import Read
 from keystore._firestore.documents import KeyCollection
 from keystore._firestore.errors import Missing, Refused
-from keystore._firestore.writes import Create, Update
+from keystore._firestore.usage import DayDocuments
+from keystore._firestore.writes import Create, Delete, Update
 from keystore.errors import (
     InsufficientCredits,
     InvalidRow,
+    KeyDisabled,
+    KeyExpired,
     KeyNotFound,
     MalformedKey,
     StoreUnavailable,
@@ -52,9 +55,11 @@ from keystore.models import (
     ImportResult,
     NewKey,
     Usage,
+    oldest_first,
     parse_row,
     read_row,
 )
+from keystore.owners import Owners
 from keystore.settings import Settings
 from keystore.sync import KeyView
 
@@ -79,6 +84,8 @@ class KeyManager:
     ) -> None:
         self.settings = settings
         self._rows = rows
+        self._days = DayDocuments(rows)
+        self.owners = Owners(settings, rows, self._days, clock=clock)
         self._view = view
         self._clock = clock
 
@@ -95,13 +102,15 @@ class KeyManager:
         credits: int | None = None,
         refill: Refill | None = None,
         funded_by: ApiKey | None = None,
+        most_live: int | None = None,
     ) -> NewKey:
         """Make a key, store its hash, and return it; the plaintext is not kept.
 
         ``credits`` is the balance now; a ``refill`` replaces it at the start of
         each period (without ``credits``, the first refill applies at once).
         ``funded_by``: the key whose own credits pay for the new key's, in the
-        same commit (InsufficientCredits if it holds fewer)."""
+        same commit (InsufficientCredits if it holds fewer). ``most_live``:
+        the owner's cap on live keys (TooManyKeys if it has that many)."""
         if owner is not None:
             check_owner(owner)
         made = self._new(name=name, scopes=scopes, expires_at=expires_at)
@@ -119,35 +128,51 @@ class KeyManager:
             row["credits_written"] = credits
             stamp = "credits_set_at"
         create = Create(self._rows.path(record.id), row, stamp=stamp)
+        funder = funded_by if funded_by is not None and credits else None
+        cap = (
+            (owner, most_live) if owner is not None and most_live is not None else None
+        )
         what = f"create of key {record.id}"
-        if funded_by is not None and credits:
-            at = await self._create_funded(create, funded_by, credits, what)
-        else:
+        if funder is None and cap is None:
             at = await self._rows.apply([create], what=what, cause="admin")
+        else:
+            at = await self._create_with(create, what, funder, credits or 0, cap)
         self._wrote(record.id, record, at)
         return NewKey(record=record, key=made.key)
 
-    async def _create_funded(
-        self, create: Create, funder: ApiKey, credits: int, what: str
+    async def _create_with(
+        self,
+        create: Create,
+        what: str,
+        funder: ApiKey | None,
+        credits: int,
+        cap: tuple[str, int] | None,
     ) -> int:
-        """Commit ``create`` with the debit of ``credits`` from ``funder``'s
-        own pool (where its limits live), atomically."""
+        """Commit ``create`` atomically with the debit of ``credits`` from
+        ``funder``'s own pool (where its limits live), and the owner's slot
+        under its cap (owners.py), each as read just before."""
+        for attempt in range(_TRIES):
+            writes: list[Create | Update] = [create]
+            if funder is not None:
+                writes.append(await self._debit(funder, credits))
+            if cap is not None:
+                writes.append(await self.owners.slot(*cap))
+            try:
+                return await self._rows.apply(writes, what=what, cause="admin")
+            except Refused:  # a document read changed since
+                await _backoff(attempt)
+        raise StoreUnavailable(f"Too many writers for the {what}; retry.")
+
+    async def _debit(self, funder: ApiKey, credits: int) -> Update:
         doc_id = funder.limits_in or funder.id
         path = self._rows.path(doc_id)
-        for attempt in range(_TRIES):
-            read = await self._rows.read(path, cause="admin")
-            if read.fields is None:
-                raise _no_key(doc_id)
-            sets = debit(doc_id, read.fields, credits, now=read.read_time)
-            if sets is None:
-                raise InsufficientCredits(funder.id, credits)
-            try:
-                return await self._rows.apply(
-                    [create, Update(path, sets, after=read)], what=what, cause="admin"
-                )
-            except Refused:  # the funder's row changed since the read
-                await _backoff(attempt)
-        raise StoreUnavailable(f"Too many writers on {path}; retry.")
+        read = await self._rows.read(path, cause="admin")
+        if read.fields is None:
+            raise _no_key(doc_id)
+        sets = debit(doc_id, read.fields, credits, now=read.read_time)
+        if sets is None:
+            raise InsufficientCredits(funder.id, credits)
+        return Update(path, sets, after=read)
 
     async def get(self, key_id: str) -> ApiKey | BrokenRow:
         """One row by key id; KeyNotFound if there is none."""
@@ -172,9 +197,13 @@ class KeyManager:
         scope: str | None = None,
         owner: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
-        """Rows, oldest first; with a filter, only the readable rows that match."""
-        listing = await self._rows.all(cause="list")
-        rows = [read_row(key_id, row) for key_id, row in listing.rows]
+        """Rows, oldest first; with a filter, only the readable rows that match.
+        With ``owner``, only that owner's rows are read (owners.py)."""
+        if owner:
+            rows = await self.owners.keys(owner)
+        else:
+            listing = await self._rows.all(cause="list")
+            rows = [read_row(key_id, row) for key_id, row in listing.rows]
         now = self._clock()
         if disabled or expired or scope or owner:
             rows = [
@@ -184,12 +213,8 @@ class KeyManager:
                 and (not disabled or row.disabled)
                 and (not expired or row.is_expired(now))
                 and (not scope or scope in row.scopes)
-                and (not owner or row.owner == owner)
             ]
-        epoch = datetime.min.replace(tzinfo=UTC)
-        return sorted(
-            rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id)
-        )
+        return oldest_first(rows)
 
     async def update(
         self, key_id: str, changes: Mapping[str, Any], limits: Mapping[str, Any]
@@ -223,25 +248,61 @@ class KeyManager:
             self._wrote(key_id, record, at)
         return record
 
-    async def revoke(self, key_id: str) -> None:
-        """Delete the key's row; KeyNotFound if there is none."""
-        at = await self._rows.delete(key_id, cause="admin")
-        self._wrote(key_id, None, at)
+    async def revoke(self, key_id: str, *, owner: str | None = None) -> None:
+        """Delete the key's row; KeyNotFound if there is none (with ``owner``:
+        none of that owner's, read and deleted unchanged)."""
+        if owner is None:
+            at = await self._rows.delete(key_id, cause="admin")
+            self._wrote(key_id, None, at)
+            return
+        path = self._rows.path(key_id)
+        for attempt in range(_TRIES):
+            read = await self._rows.read(path, cause="admin")
+            _check_owned(key_id, read, owner)
+            try:
+                at = await self._rows.apply(
+                    [Delete(path, after=read)],
+                    what=f"delete of key {key_id}",
+                    cause="admin",
+                )
+            except Refused:  # changed (a use counted, say) since the read
+                await _backoff(attempt)
+                continue
+            self._wrote(key_id, None, at)
+            return
+        raise StoreUnavailable(f"Too many writers on key {key_id}; retry.")
 
     async def rotate(
-        self, key_id: str, *, grace: timedelta, expires_at: datetime | None = None
+        self,
+        key_id: str,
+        *,
+        grace: timedelta,
+        expires_at: datetime | None = None,
+        most_live: int | None = None,
+        owner: str | None = None,
     ) -> NewKey:
         """A new key with the old one's name, scopes, owner and limits; the old
         key stays valid for ``grace``, then expires by itself. Its limits move
         to the new row whole, leases and all, so that both keys spend from one
-        balance; the old row points there. Both rows are written atomically."""
+        balance; the old row points there. Both rows are written atomically.
+        ``most_live``: the owner's cap on live keys, which the old key counts
+        in until it expires (TooManyKeys). ``owner``: as that owner, who may
+        rotate its own keys only (KeyNotFound), and only while they work
+        (KeyDisabled, KeyExpired)."""
         path = self._rows.path(key_id)
         made: NewKey | None = None
         for attempt in range(_TRIES):
             read = await self._rows.read(path, cause="admin")
+            if owner is not None:
+                _check_owned(key_id, read, owner)
             if read.fields is None:
                 raise _no_key(key_id)
             old = parse_row(key_id, read.fields)
+            if owner is not None:
+                if old.disabled:
+                    raise KeyDisabled()
+                if old.is_expired(self._clock()):
+                    raise KeyExpired()
             if made is None:
                 made = self._new(
                     name=old.name,
@@ -269,12 +330,19 @@ class KeyManager:
             }
             if moved:
                 old_changes.update(dict.fromkeys(moved), limits_in=new_id)
+            writes: list[Create | Update] = [
+                Create(self._rows.path(new_id), row),
+                Update(path, old_changes, after=read),
+            ]
+            if most_live is not None and old.owner is not None:
+                ends_now = grace <= timedelta(0) and not old.is_expired(self._clock())
+                adding = 0 if ends_now else 1
+                writes.append(
+                    await self.owners.slot(old.owner, most_live, adding=adding)
+                )
             try:
                 at = await self._rows.apply(
-                    [
-                        Create(self._rows.path(new_id), row),
-                        Update(path, old_changes, after=read),
-                    ],
+                    writes,
                     what=f"rotation of key {key_id}",
                     cause="admin",
                 )
@@ -335,7 +403,7 @@ class KeyManager:
             key_id=key_id,
             total=count,
             last_used_at=last,
-            days=await self._rows.usage_days(key_id, days),
+            days=await self._days.of_key(key_id, days),
         )
 
     # -- limits ---------------------------------------------------------------
@@ -481,6 +549,13 @@ def _applied(fields: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, An
 
 def _balance_stamp(edit: LimitEdit) -> str | None:
     return "credits_set_at" if edit.stamp_balance else None
+
+
+def _check_owned(key_id: str, read: Read, owner: str) -> None:
+    """KeyNotFound unless the row read is ``owner``'s: another owner's key is
+    answered as one that does not exist, before anything else is read of it."""
+    if read.fields is None or read.fields.get("owner") != owner:
+        raise _no_key(key_id)
 
 
 def _no_key(key_id: str) -> KeyNotFound:

@@ -7,9 +7,9 @@ closed.
 
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from keystore.errors import InvalidRow
@@ -262,3 +262,11 @@ def check_row(key_id: str, row: Mapping[str, Any] | None) -> ApiKey | None:
     except InvalidRow as exc:
         logger.warning("%s The key is refused until the row is fixed.", exc)
         return None
+
+
+def oldest_first(rows: Iterable[ApiKey | BrokenRow]) -> list[ApiKey | BrokenRow]:
+    """``rows`` by creation time, then id (rows without a time first)."""
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(
+        rows, key=lambda row: (getattr(row, "created_at", None) or epoch, row.id)
+    )

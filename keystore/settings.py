@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from keystore.errors import ConfigError
 from keystore.keys import check_prefix
+from keystore.limits.values import parse_rate_limit
 from keystore.times import parse_duration
 
 SyncMode = Literal["ttl", "reload", "listen"]
@@ -57,6 +58,11 @@ def _prefix(value: str) -> str:
 def _duration(value: Any) -> Any:
     # ``90d`` as people write it; a timedelta (or seconds) as code passes it.
     return parse_duration(value) if isinstance(value, str) else value
+
+
+def _rate_limit(value: str) -> str:
+    parse_rate_limit(value)  # ValueError: says what is allowed
+    return value
 
 
 Positive = Annotated[float, Field(gt=0)]
@@ -140,6 +146,23 @@ class Settings(BaseSettings):
     #: back and usage counts written, each tried again until then. Cloud Run
     #: allows 10 s after SIGTERM.
     shutdown_seconds: Positive = 8.0
+    #: Self-service (build_self_service_router): the scopes customers may give
+    #: their own keys, comma-separated; none by default.
+    self_service_scopes: str = ""
+    #: The most live (unexpired) keys an owner may have by self-service.
+    self_service_max_keys: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: Lifetime of a key a customer makes without one, like 90d; none: the
+    #: longest lifetime below.
+    self_service_default_lifetime: Annotated[
+        timedelta | None, BeforeValidator(_duration)
+    ] = None
+    #: The longest lifetime a customer may give a key; none: no limit.
+    self_service_max_lifetime: Annotated[
+        timedelta | None, BeforeValidator(_duration)
+    ] = None
+    #: Self-service requests per owner, per instance (a guard against a
+    #: runaway client, not a billing limit), like 60/1m.
+    self_service_rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "60/1m"
     #: json (Cloud Logging) or text; json by default on Cloud Run (K_SERVICE).
     log_format: Annotated[Literal["json", "text"], Lower] = Field(
         default_factory=_default_log_format

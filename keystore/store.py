@@ -13,11 +13,12 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from keystore._firestore.connection import Connection, Interceptor
 from keystore._firestore.documents import KeyCollection
+from keystore._firestore.usage import DayDocuments
 from keystore.background import Background
 from keystore.errors import (
     ConfigError,
@@ -39,8 +40,9 @@ from keystore.limits.edits import LimitView
 from keystore.limits.ledger import Ledger
 from keystore.limits.limiter import Limiter, RateItem
 from keystore.limits.values import RateLimit, Refill
-from keystore.manage import KeyManager
+from keystore.manage import KeyManager, check_owner
 from keystore.models import ApiKey, BrokenRow, ImportResult, NewKey, Usage
+from keystore.reports import OwnerUsage, span
 from keystore.settings import Settings
 from keystore.sync import ADVICE, make_view
 from keystore.times import utcnow
@@ -78,7 +80,7 @@ class ApiKeyStore:
         #: Checks by outcome ("valid", "malformed", "unknown", ...) and their time.
         self.checks: Counter[str] = Counter()
         self.check_latency = Histogram()
-        self._usage = UsageCounter(self._rows)
+        self._usage = UsageCounter(DayDocuments(self._rows))
         self._counting = settings.usage_flush_interval > 0
         self._flusher = Background(self._flush_forever, name="usage flusher")
         ledger = Ledger(
@@ -232,7 +234,7 @@ class ApiKeyStore:
             if charged < 0:
                 return False
         if self._counting:
-            self._usage.add(record.id, charged)
+            self._usage.add(record.id, charged, record.owner)
         return True
 
     async def spend(self, record: ApiKey, cost: int = 1) -> None:
@@ -245,7 +247,7 @@ class ApiKeyStore:
         if record.has_limits:
             charged = await self.limiter.spend(record, cost)
         if self._counting:
-            self._usage.add(record.id, charged)
+            self._usage.add(record.id, charged, record.owner)
 
     def rate_limits(self, record: ApiKey) -> list[RateItem]:
         """The rate limits of ``record`` and its owner as they stand: for the
@@ -260,7 +262,7 @@ class ApiKeyStore:
         except KeyRejected:
             return None
         if self._counting:
-            self._usage.add(record.id)
+            self._usage.add(record.id, 0, record.owner)
         return record
 
     async def does_api_key_exist(self, key: str) -> bool:
@@ -304,13 +306,16 @@ class ApiKeyStore:
         credits: int | None = None,
         refill: Refill | None = None,
         funded_by: ApiKey | None = None,
+        most_live: int | None = None,
     ) -> NewKey:
         """Make a key, store its hash, and return it; the plaintext is not kept.
 
         ``credits`` is the balance now; a ``refill`` replaces it at the start of
         each period (without ``credits``, the first refill applies at once).
         ``funded_by``: a key whose own credits pay for the new key's, in the
-        same commit (InsufficientCredits if it has fewer)."""
+        same commit (InsufficientCredits if it has fewer). ``most_live``: a
+        cap on the owner's live keys, held however many create at once
+        (TooManyKeys)."""
         if funded_by is not None and credits:
             # What this process holds of the funder's credits goes back first.
             await self.limiter.sweeper.release(funded_by)
@@ -323,6 +328,7 @@ class ApiKeyStore:
             credits=credits,
             refill=refill,
             funded_by=funded_by,
+            most_live=most_live,
         )
 
     async def get(self, key_id: str) -> ApiKey | BrokenRow:
@@ -337,7 +343,8 @@ class ApiKeyStore:
         scope: str | None = None,
         owner: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
-        """Rows, oldest first; with a filter, only the readable rows that match."""
+        """Rows, oldest first; with a filter, only the readable rows that match.
+        With ``owner``, only that owner's rows are read."""
         return await self._manage.list_keys(
             disabled=disabled, expired=expired, scope=scope, owner=owner
         )
@@ -367,16 +374,32 @@ class ApiKeyStore:
         """Where an owner's limits and credits stand; None if it has none."""
         return await self._manage.owner_limits(owner)
 
-    async def revoke(self, key_id: str) -> None:
-        """Delete the key's row; KeyNotFound if there is none."""
-        await self._manage.revoke(key_id)
+    async def revoke(self, key_id: str, *, owner: str | None = None) -> None:
+        """Delete the key's row; KeyNotFound if there is none (with ``owner``:
+        if that owner has none of this id)."""
+        await self._manage.revoke(key_id, owner=owner)
 
     async def rotate(
-        self, key_id: str, *, grace: timedelta, expires_at: datetime | None = None
+        self,
+        key_id: str,
+        *,
+        grace: timedelta,
+        expires_at: datetime | None = None,
+        most_live: int | None = None,
+        owner: str | None = None,
     ) -> NewKey:
         """A new key with the old one's name, scopes, owner and limits; the old
-        key stays valid for ``grace``, then expires by itself."""
-        return await self._manage.rotate(key_id, grace=grace, expires_at=expires_at)
+        key stays valid for ``grace``, then expires by itself. ``most_live``:
+        a cap on the owner's live keys, the old one counted until it expires.
+        ``owner``: as that owner, who rotates only its own keys (KeyNotFound)
+        while they work (KeyDisabled, KeyExpired)."""
+        return await self._manage.rotate(
+            key_id,
+            grace=grace,
+            expires_at=expires_at,
+            most_live=most_live,
+            owner=owner,
+        )
 
     async def import_keys(
         self,
@@ -393,6 +416,13 @@ class ApiKeyStore:
     async def usage(self, key_id: str, *, days: int = 30) -> Usage:
         """A key's total uses, last use, and uses per day for the last ``days``."""
         return await self._manage.usage(key_id, days=days)
+
+    async def owner_usage(self, owner: str, first: date, last: date) -> OwnerUsage:
+        """``owner``'s uses and credits spent per UTC day and per key, from
+        ``first`` to ``last`` inclusive (at most 366 days: ValueError), those
+        of keys revoked or deleted since included; and its credits left."""
+        check_owner(owner)
+        return await self._manage.owners.usage(owner, *span(first, last))
 
     async def flush_usage(self) -> int:
         """Write the usage counts gathered so far; return the uses written."""

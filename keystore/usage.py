@@ -5,11 +5,13 @@ charged to another; a background task writes the sums to Firestore as atomic
 increments, at most once per key and day per flush interval, and once more on
 shutdown (a flush under way then finishes, and the last one is sent even
 during the pause after a failure). A crash loses at most one interval of
-counts. A write that failed, or was cancelled, is kept and sent again as it
+counts. Uses of a key revoked before they were written still reach its day
+document (``_firestore/usage.py``): they are billed, and no row comes back.
+A write that failed, or was cancelled, is kept and sent again as it
 was, under the same marker (commits.py), so a write that landed though its
 answer was lost is not counted twice; new uses go into a write of their own.
 Each write costs three document writes: the row, the day document and the
-marker.
+marker (two once the row is gone).
 """
 
 import asyncio
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from keystore._firestore.commits import new_write_id
-from keystore._firestore.documents import KeyCollection
+from keystore._firestore.usage import DayDocuments
 from keystore.errors import KeyNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,22 +40,25 @@ class UsageCounter:
 
     def __init__(
         self,
-        collection: KeyCollection,
+        days: DayDocuments,
         *,
         max_pending: int = 100_000,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._collection = collection
+        self._days = days
         # Today's counts by key id, in plain dicts (this runs per request);
         # earlier days', by (key id, day), once a day has ended.
         self._day = -1
         self._day_ends = 0.0
         self._today: dict[str, int] = {}
         self._today_credits: dict[str, int] = {}
+        # Each counted key's owner, as its row said at its last use: its day
+        # documents carry it, for reports by owner.
+        self._owners: dict[str, str | None] = {}
         self._pending: Counter[tuple[str, int]] = Counter()
         self._credits: Counter[tuple[str, int]] = Counter()
         # Writes that failed, by write id: sent again as they were.
-        self._unsent: dict[str, tuple[str, int, int, int]] = {}
+        self._unsent: dict[str, tuple[str, int, int, int, str | None]] = {}
         self._max_pending = max_pending
         self._wall_clock = wall_clock
         self._flushing = asyncio.Lock()
@@ -73,10 +78,12 @@ class UsageCounter:
             + len(self._unsent)
         )
 
-    def add(self, key_id: str, credits: int = 0) -> None:
-        """Count one use of ``key_id`` now, charged ``credits``; no I/O."""
+    def add(self, key_id: str, credits: int = 0, owner: str | None = None) -> None:
+        """Count one use of ``key_id`` (of ``owner``) now, charged ``credits``;
+        no I/O."""
         if self._wall_clock() >= self._day_ends:
             self._roll()
+        self._owners[key_id] = owner
         today = self._today
         today[key_id] = today.get(key_id, 0) + 1
         if credits:
@@ -103,11 +110,13 @@ class UsageCounter:
             batch, self._pending = self._pending, Counter()
             credits, self._credits = self._credits, Counter()
             self.full.clear()
+            owners, self._owners = self._owners, {}
             for key_day in batch.keys() | credits.keys():
                 self._unsent[new_write_id()] = (
                     *key_day,
                     batch[key_day],
                     credits[key_day],
+                    owners.get(key_day[0]),
                 )
             # Each write stays in _unsent until it is known written (or its
             # row gone), whatever ends the flush: an error, or a cancel.
@@ -127,22 +136,24 @@ class UsageCounter:
         day: int,
         count: int,
         credits: int,
+        owner: str | None,
         *,
         insist: bool,
     ) -> int:
         try:
             async with self._slots:
-                await self._collection.add_usage(
+                await self._days.add(
                     key_id,
                     day_name(day),
                     count,
                     credits,
+                    owner=owner,
                     write_id=write_id,
                     insist=insist,
                 )
         except KeyNotFound:
             self._unsent.pop(write_id, None)
-            return 0  # revoked since: its uses have no row to go to
+            return 0  # an id no row can have: nothing to write
         except StoreUnavailable:
             return 0  # kept, sent again as it is
         self._unsent.pop(write_id, None)

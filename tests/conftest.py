@@ -90,6 +90,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             "FIRESTORE_EMULATOR_HOST",
             "GOOGLE_CLOUD_PROJECT",
             "GOOGLE_APPLICATION_CREDENTIALS",
+            "FIREBASE_AUTH_EMULATOR_HOST",
+            "K_SERVICE",
         ):
             monkeypatch.delenv(name)
 
@@ -194,6 +196,70 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def make_settings(settings: Settings) -> Callable[..., Settings]:
     """This test's settings with some fields changed."""
     return lambda **changes: settings.model_copy(update=changes)
+
+
+@dataclass
+class AuthEmulator:
+    """The session's Firebase Auth emulator, through emulator.sh; customers
+    sign up and in over its REST API, as a browser does."""
+
+    state_dir: Path
+    host: str = ""
+
+    def _run(self, command: str) -> str:
+        env = {**os.environ, "KEYSTORE_EMULATOR_DIR": str(self.state_dir)}
+        env["GOOGLE_CLOUD_PROJECT"] = PROJECT
+        done = subprocess.run(
+            [str(ROOT / "emulator.sh"), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,  # the first run installs firebase-tools
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def start(self) -> None:
+        exported = self._run("auth-start").strip()
+        self.host = exported.rpartition("=")[2]
+
+    def stop(self) -> None:
+        self._run("auth-stop")
+
+    def sign_up(self, email: str, password: str = "secret-password") -> str:
+        """A new customer's Firebase ID token."""
+        return self._accounts("signUp", email, password)
+
+    def sign_in(self, email: str, password: str = "secret-password") -> str:
+        return self._accounts("signInWithPassword", email, password)
+
+    def _accounts(self, action: str, email: str, password: str) -> str:
+        r = httpx.post(
+            f"http://{self.host}/identitytoolkit.googleapis.com/v1/accounts:{action}",
+            params={"key": "emulator"},
+            json={"email": email, "password": password, "returnSecureToken": True},
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["idToken"])
+
+
+@pytest.fixture(scope="session")
+def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthEmulator]:
+    emu = AuthEmulator(state_dir=tmp_path_factory.mktemp("auth"))
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def firebase_env(
+    auth_emulator: AuthEmulator, monkeypatch: pytest.MonkeyPatch
+) -> AuthEmulator:
+    """Point firebase-admin at the Auth emulator, as emulator.sh serve does."""
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", auth_emulator.host)
+    return auth_emulator
 
 
 def free_port() -> int:

@@ -1,5 +1,6 @@
 """The keystore command against the emulator."""
 
+import csv
 import io
 import json
 import subprocess
@@ -356,3 +357,65 @@ def test_limits_from_create_to_show_set_limits_and_usage(
     assert exited.value.code == 2 and "not a rate limit" in capsys.readouterr().err
     code, out, err = run(capsys, "set-limits", made["id"])
     assert code == 1 and "Nothing to change" in err
+
+
+def test_an_owners_month_for_billing_in_json_and_csv(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    made = create(capsys, "--name", "svc", "--owner", "acme")
+    client = firestore.Client(project=settings.project)
+    rows = client.collection(settings.collection)
+    days = {
+        (made["id"], "2026-11-01"): (5, 2),
+        (made["id"], "2026-11-30"): (7, 0),
+        ("gonekey0001", "2026-11-15"): (4, 4),  # a key deleted since
+        (made["id"], "2026-12-01"): (100, 0),  # the next month
+    }
+    for (key_id, day), (count, credits) in days.items():
+        rows.document(key_id).collection("usage").document(day).set(
+            {
+                "day": day,
+                "count": count,
+                "credits": credits,
+                "owner": "acme",
+                "key_id": key_id,
+            }
+        )
+
+    code, out, err = run(
+        capsys, "usage", "--owner", "acme", "--month", "2026-11", "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["uses"], report["credits"]) == (16, 6)
+    assert (report["first_day"], report["last_day"]) == ("2026-11-01", "2026-11-30")
+    assert {key["id"]: (key["name"], key["uses"]) for key in report["keys"]} == {
+        made["id"]: ("svc", 12),
+        "gonekey0001": (None, 4),
+    }
+
+    code, out, err = run(
+        capsys, "usage", "--owner", "acme", "--month", "2026-11", "--csv"
+    )
+    lines = list(csv.DictReader(io.StringIO(out)))
+    *per_day, total = lines
+    assert [(line["day"], line["key_id"], line["uses"]) for line in per_day] == [
+        ("2026-11-01", made["id"], "5"),
+        ("2026-11-15", "gonekey0001", "4"),
+        ("2026-11-30", made["id"], "7"),
+    ]
+    assert sum(int(line["uses"]) for line in per_day) == int(total["uses"]) == 16
+    assert sum(int(line["credits"]) for line in per_day) == int(total["credits"]) == 6
+    assert (total["day"], total["owner"], total["first_day"]) == (
+        "total",
+        "acme",
+        "2026-11-01",
+    )
+
+    code, out, err = run(capsys, "usage", "--owner", "acme", "--month", "2026-11")
+    assert "16 uses, 6 credits" in out and "(revoked)" in out
+    with pytest.raises(SystemExit):
+        run(capsys, "usage", "--owner", "acme", "--month", "2026-13")
+    assert "not a month" in capsys.readouterr().err
+    code, out, err = run(capsys, "usage")
+    assert code == 1 and "Name a key id or an --owner" in err

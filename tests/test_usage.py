@@ -13,6 +13,7 @@ from google.cloud import firestore
 from keystore import ApiKey, ApiKeyStore, KeyNotFound, NewKey, Settings
 from keystore._firestore.connection import Connection
 from keystore._firestore.documents import KeyCollection
+from keystore._firestore.usage import DayDocuments
 from keystore.usage import UsageCounter, day_name
 from tests.conftest import Emulator, running_server
 from tests.interceptors import Hold
@@ -45,15 +46,21 @@ async def test_refused_checks_are_not_counted(store: ApiKeyStore) -> None:
     assert await store.flush_usage() == 0
 
 
-async def test_counts_of_a_revoked_key_are_dropped_not_resurrected(
+async def test_counts_of_a_revoked_key_are_billed_not_resurrected(
     store: ApiKeyStore, settings: Settings
 ) -> None:
     made = await store.create(name="n")
     assert await store.does_api_key_exist(made.key)
     await store.revoke(made.record.id)
-    assert await store.flush_usage() == 0
+    writes = store.writes["usage"]
+    assert await store.flush_usage() == 1
+    assert store.writes["usage"] - writes == 2  # the day document and the marker
     with pytest.raises(KeyNotFound):
         await store.get(made.record.id)
+    client = firestore.Client(project=settings.project)
+    days = client.collection(settings.collection).document(made.record.id)
+    [day] = [snapshot.to_dict() for snapshot in days.collection("usage").stream()]
+    assert (day["count"], day["key_id"], day["owner"]) == (1, made.record.id, None)
 
 
 async def test_counts_survive_an_outage(
@@ -74,7 +81,9 @@ async def test_counts_survive_an_outage(
 
 
 async def test_pending_counts_are_bounded(settings: Settings) -> None:
-    counter = UsageCounter(KeyCollection(Connection(settings)), max_pending=3)
+    counter = UsageCounter(
+        DayDocuments(KeyCollection(Connection(settings))), max_pending=3
+    )
     for key_id in ("a", "b"):
         counter.add(key_id)
     assert not counter.full.is_set()

@@ -15,14 +15,9 @@ from google.cloud.firestore_v1.types import (
     BatchGetDocumentsRequest,
     BatchGetDocumentsResponse,
     Document,
-    DocumentMask,
-    DocumentTransform,
-    Precondition,
     RunQueryRequest,
     RunQueryResponse,
     StructuredQuery,
-    Value,
-    Write,
 )
 
 from keystore._firestore import conditional
@@ -30,7 +25,7 @@ from keystore._firestore.commits import Commit, Commits
 from keystore._firestore.conditional import Read
 from keystore._firestore.connection import Connection
 from keystore._firestore.errors import Missing, Refused
-from keystore._firestore.values import decode_fields, encode_fields
+from keystore._firestore.values import decode_fields, encode_value
 from keystore._firestore.writes import Create, Delete, Update
 from keystore.errors import KeyNotFound
 from keystore.keys import is_document_id
@@ -38,11 +33,6 @@ from keystore.keys import is_document_id
 Row = dict[str, Any]
 #: Rows by key id (None: there is none), and the time (ns) they were read at.
 Rows = tuple[dict[str, Row | None], int]
-
-#: Per-day usage documents live in this subcollection of each key's document.
-USAGE_SUBCOLLECTION = "usage"
-
-_REQUEST_TIME = DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
 
 def _not_found(key_id: str) -> KeyNotFound:
@@ -53,6 +43,17 @@ def collection_query(collection: str) -> StructuredQuery:
     """Every document of the top-level ``collection``: a load, or a listener."""
     return StructuredQuery(
         from_=[StructuredQuery.CollectionSelector(collection_id=collection)]
+    )
+
+
+def equal(field: str, value: Any) -> StructuredQuery.Filter:
+    """A query's filter: ``field`` equals ``value``."""
+    return StructuredQuery.Filter(
+        field_filter=StructuredQuery.FieldFilter(
+            field=StructuredQuery.FieldReference(field_path=field),
+            op=StructuredQuery.FieldFilter.Operator.EQUAL,
+            value=encode_value(value),
+        )
     )
 
 
@@ -72,7 +73,7 @@ class KeyCollection:
         self.name = connection.settings.collection
         self.reads: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
-        self._commits = Commits(connection, f"{self.name}_writes", self.reads)
+        self.commits = Commits(connection, f"{self.name}_writes", self.reads)
 
     async def open(self) -> None:
         """Connect (done by the first call otherwise)."""
@@ -133,7 +134,7 @@ class KeyCollection:
     async def all(self, *, cause: str, timeout: float | None = None) -> Listing:
         """Every row, and the time the rows are as of."""
         await self.connection.ensure_open()
-        documents, read_time = await self._query(
+        documents, read_time = await self.query(
             "list of keys",
             self.connection.path(),
             collection_query(self.name),
@@ -147,33 +148,23 @@ class KeyCollection:
         ]
         return Listing(rows, read_time)
 
-    async def usage_days(self, key_id: str, days: int) -> list[tuple[str, int, int]]:
-        """The last ``days`` day documents of a key, newest first: (day, uses,
-        credits spent)."""
+    async def owned(self, owner: str, *, cause: str) -> Listing:
+        """The rows whose ``owner`` is ``owner``: a query on that field (its
+        single-field index), one read per row found (one if none)."""
         await self.connection.ensure_open()
-        query = StructuredQuery(
-            from_=[
-                StructuredQuery.CollectionSelector(collection_id=USAGE_SUBCOLLECTION)
-            ],
-            order_by=[
-                StructuredQuery.Order(
-                    field=StructuredQuery.FieldReference(field_path="day"),
-                    direction=StructuredQuery.Direction.DESCENDING,
-                )
-            ],
-            limit=days,
+        query = collection_query(self.name)
+        query.where = equal("owner", owner)
+        documents, read_time = await self.query(
+            f"list of the keys of owner {owner}", self.connection.path(), query
         )
-        documents, _ = await self._query(
-            f"usage read of key {key_id}", self._path(key_id), query
-        )
-        self.reads["admin"] += max(1, len(documents))
-        rows = [decode_fields(document.fields) for document in documents]
-        return [
-            (str(row.get("day", "")), _count(row, "count"), _count(row, "credits"))
-            for row in rows
+        self.reads[cause] += max(1, len(documents))
+        rows = [
+            (document.name.rpartition("/")[2], decode_fields(document.fields))
+            for document in documents
         ]
+        return Listing(rows, read_time)
 
-    async def _query(
+    async def query(
         self,
         what: str,
         parent: str,
@@ -233,7 +224,7 @@ class KeyCollection:
         a created one exists, or an update's document changed since its read."""
         await self.connection.ensure_open()
         writes = [change.write(self.connection) for change in changes]
-        at = await self._commits.send(Commit(writes, what))
+        at = await self.commits.send(Commit(writes, what))
         self.writes[cause] += len(changes) + 1  # and the marker
         return at
 
@@ -267,61 +258,3 @@ class KeyCollection:
             )
         except Missing:
             raise _not_found(key_id) from None
-
-    async def add_usage(
-        self,
-        key_id: str,
-        day: str,
-        count: int,
-        credits: int = 0,
-        *,
-        write_id: str,
-        insist: bool = False,
-    ) -> None:
-        """Add ``count`` uses and ``credits`` spent on ``day`` to a row and its
-        day document, atomically.
-
-        Increments are applied by Firestore, so any number of processes may add
-        at once; sent again with the same ``write_id``, it changes nothing more.
-        KeyNotFound if the row is gone: nothing is written then.
-        """
-        await self.connection.ensure_open(insist=insist)
-        increment = Value(integer_value=count)
-        row_transforms = [
-            _transform("usage_count", increment=increment),
-            _transform("last_used_at", set_to_server_value=_REQUEST_TIME),
-        ]
-        day_transforms = [_transform("count", increment=increment)]
-        if credits:
-            spent = Value(integer_value=credits)
-            row_transforms.append(_transform("credits_spent", increment=spent))
-            day_transforms.append(_transform("credits", increment=spent))
-        row = Write(
-            update=Document(name=self._path(key_id)),
-            update_mask=DocumentMask(field_paths=[]),
-            update_transforms=row_transforms,
-            current_document=Precondition(exists=True),
-        )
-        day_document = Write(
-            update=Document(
-                name=self._path(key_id, USAGE_SUBCOLLECTION, day),
-                fields=encode_fields({"day": day}),
-            ),
-            update_mask=DocumentMask(field_paths=["day"]),
-            update_transforms=day_transforms,
-        )
-        commit = Commit([row, day_document], f"usage write of key {key_id}", write_id)
-        try:
-            await self._commits.send(commit, insist=insist)
-        except Missing:
-            raise _not_found(key_id) from None
-        self.writes["usage"] += 3  # the row, the day and the marker
-
-
-def _count(row: Row, name: str) -> int:
-    value = row.get(name)
-    return value if type(value) is int else 0
-
-
-def _transform(field_path: str, **change: Any) -> DocumentTransform.FieldTransform:
-    return DocumentTransform.FieldTransform(field_path=field_path, **change)

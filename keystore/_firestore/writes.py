@@ -72,15 +72,18 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Delete the document at ``path``; it must exist."""
+    """Delete the document at ``path``; it must exist, and with ``after``, be
+    unchanged since that read."""
 
     path: str
+    after: Read | None = None
 
     def write(self, connection: Connection) -> Write:
-        return Write(
-            delete=connection.path(self.path),
-            current_document=Precondition(exists=True),
-        )
+        if self.after is None or self.after.update_time is None:
+            precondition = Precondition(exists=True)
+        else:
+            precondition = Precondition(update_time=self.after.update_time)
+        return Write(delete=connection.path(self.path), current_document=precondition)
 
 
 def _stamp(name: str | None) -> list[DocumentTransform.FieldTransform]:

@@ -371,3 +371,34 @@ async def test_default_expiry(make_settings: Callable[..., Settings]) -> None:
         assert (
             await store.create(name="m", expires_at=explicit)
         ).record.expires_at == explicit
+
+
+async def test_an_owners_month_of_usage(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    admin = await key_with("admin")
+    store = get_store()
+    made = await store.create(name="svc", owner="acme")
+    for _ in range(3):
+        assert (
+            await client.get("/v1/whoami", headers={"x-api-key": made.key})
+        ).status_code == 200
+    await store.revoke(made.record.id)
+    await store.flush_usage()
+    month = datetime.now(UTC).strftime("%Y-%m")
+    r = await client.get(f"/admin/owners/acme/usage?month={month}", headers=admin)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["owner"], report["uses"]) == ("acme", 3)
+    assert [(k["id"], k["name"], k["uses"]) for k in report["keys"]] == [
+        (made.record.id, None, 3)
+    ]
+    for bad in ("2026-13", "2026-1", "december"):
+        r = await client.get(f"/admin/owners/acme/usage?month={bad}", headers=admin)
+        assert r.status_code == 422, r.text
+    r = await client.get(f"/admin/owners/a%2Fb/usage?month={month}", headers=admin)
+    assert r.status_code in (404, 422), r.text
+    r = await client.get(
+        f"/admin/owners/acme/usage?month={month}", headers={"x-api-key": made.key}
+    )
+    assert r.status_code == 401

@@ -128,13 +128,11 @@ async def test_query_parameter_when_turned_on(
 
 async def test_openapi_shows_the_scheme(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    assert spec["components"]["securitySchemes"] == {
-        "ApiKey": {
-            "type": "apiKey",
-            "in": "header",
-            "name": "x-api-key",
-            "description": "An API key issued with `keystore create`.",
-        }
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "An API key issued with `keystore create`.",
     }
     assert spec["paths"]["/v1/whoami"]["get"]["security"] == [{"ApiKey": []}]
     assert "security" not in spec["paths"]["/healthz"]["get"]

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from keystore import ApiKeyStore, Settings, get_store
-from keystore.admin_schemas import RATE_LIMIT_PATTERN, REFILL_PATTERN, Timestamp
 from keystore.limits import (
     MAX_AMOUNT,
     MAX_WINDOW_SECONDS,
@@ -28,13 +27,17 @@ from keystore.limits import (
     parse_rate_limit,
     parse_refill,
 )
-from tests.conftest import ROOT, running_server
+from keystore.schemas import RATE_LIMIT_PATTERN, REFILL_PATTERN, Timestamp
+from tests.conftest import ROOT, AuthEmulator, running_server
 
 #: Any key: 401, 429, 503; a key with a scope: 403 too; the admin routes: 403
 #: (the scope admin, or more than the caller holds), 404 and 409 where a key id
 #: is looked up or changed, 400 where a body is read; FastAPI's 422 for params.
 KEY = {"401", "429", "503"}
 ADMIN = KEY | {"403", "422"}
+#: The self-service routes: the owner dependency's 401, 403 (an id that cannot
+#: own keys, or the policy), the per-owner throttle's 429, the store's 503.
+SELF = {"401", "403", "429", "503"}
 DOCUMENTED = {
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
@@ -49,6 +52,12 @@ DOCUMENTED = {
     ("delete", "/admin/keys/{key_id}"): {"204", "404"} | ADMIN,
     ("post", "/admin/keys/{key_id}/rotate"): {"201", "400", "404", "409"} | ADMIN,
     ("get", "/admin/keys/{key_id}/usage"): {"200", "404"} | ADMIN,
+    ("get", "/admin/owners/{owner}/usage"): {"200", "409"} | ADMIN,
+    ("get", "/v1/me/keys"): {"200"} | SELF,
+    ("post", "/v1/me/keys"): {"201", "400", "409", "422"} | SELF,
+    ("post", "/v1/me/keys/{key_id}/rotate"): {"201", "400", "404", "409", "422"} | SELF,
+    ("delete", "/v1/me/keys/{key_id}"): {"204", "404", "422"} | SELF,
+    ("get", "/v1/me/usage"): {"200", "409", "422"} | SELF,
 }
 ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 
@@ -88,13 +97,16 @@ async def test_guarded_operations_list_the_dependency_answers(
             assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
             limited = responses["429"]
             assert limited["content"] == ERROR
+            assert limited["headers"]["Retry-After"]
+            unavailable = responses["503"]
+            assert unavailable["headers"]["Retry-After"]["required"] is True
+            [requirement] = operation["security"]
+            if "ApiKey" not in requirement:
+                continue  # a customer's route (Firebase sign-in): no key limits
             assert {"Retry-After", "RateLimit", "RateLimit-Policy"} == set(
                 limited["headers"]
             )
-            unavailable = responses["503"]
-            assert unavailable["headers"]["Retry-After"]["required"] is True
             # 403 exactly where a scope is asked for.
-            [requirement] = operation["security"]
             assert ("403" in responses) == bool(requirement["ApiKey"]), path
             for code, answer in responses.items():
                 if code.startswith("2"):
@@ -311,8 +323,12 @@ SEED = os.environ.get("KEYSTORE_SCHEMATHESIS_SEED")
 
 
 @pytest.mark.anyio
-async def test_schemathesis_finds_nothing(settings: Settings, tmp_path: Path) -> None:
-    """``schemathesis run /openapi.json --checks all`` against the demo app."""
+async def test_schemathesis_finds_nothing(
+    settings: Settings, auth_emulator: AuthEmulator, tmp_path: Path
+) -> None:
+    """``schemathesis run /openapi.json --checks all`` against the demo app,
+    with an admin key and a customer signed in through the Auth emulator."""
+    token = auth_emulator.sign_up(f"schemathesis-{os.urandom(4).hex()}@example.com")
     async with ApiKeyStore(settings) as store:
         made = await store.create(name="schemathesis", scopes=["admin", "reports:read"])
     config = tmp_path / "schemathesis.toml"
@@ -321,11 +337,21 @@ async def test_schemathesis_finds_nothing(settings: Settings, tmp_path: Path) ->
         "[warnings]\n"
         # A run that lost its key, or a schema that validation contradicts.
         'fail-on = ["missing_auth", "validation_mismatch"]\n'
+        # A usage span's bounds (to not before from, at most 366 days, a day
+        # of the calendar) and a new key's expiry in the future are beyond
+        # what a schema says: a documented 422.
+        "[[operations]]\n"
+        'include-path = ["/v1/me/usage", "/v1/me/keys"]\n'
+        "checks.positive_data_acceptance.expected-statuses = "
+        '["2xx", "401", "403", "404", "409", "422", "429", "5xx"]\n'
     )
     env = {
         "KEYSTORE_COLLECTION": settings.collection,
         "KEYSTORE_TIMEOUT": "10",  # a slow emulator is no 503 here
         "KEYSTORE_LOG_LEVEL": "WARNING",
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
+        # Every example answered, not most of them 429 after the first minute's.
+        "KEYSTORE_SELF_SERVICE_RATE_LIMIT": "1000000/1m",
     }
     # Quiet: thousands of requests, a log line each, would bury a traceback.
     with running_server(tmp_path, env, args=["--log-level", "warning"]) as server:
@@ -334,6 +360,9 @@ async def test_schemathesis_finds_nothing(settings: Settings, tmp_path: Path) ->
             *("--config-file", str(config), "run", f"{server.base}/openapi.json"),
             *("--checks", "all", "--max-examples", str(EXAMPLES)),
             *("--header", f"x-api-key: {made.key}"),
+            # Spelt as the scheme names it, so that schemathesis can leave it
+            # out to check that the routes then refuse.
+            *("--header", f"Authorization: Bearer {token}"),
             *("--generation-database", "none"),
         ]
         if SEED:

@@ -1,4 +1,5 @@
-"""The admin API's request and response bodies, and the types of their fields.
+"""The HTTP API's request and response bodies (admin and self-service), and
+the types of their fields.
 
 Bodies take what their schema says and nothing else (strict): an RFC 3339
 timestamp with an offset, JSON numbers, ``true``/``false``; limits written as
@@ -124,7 +125,7 @@ Timestamp = Annotated[
 ]
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
     # Strict: no "5" for a number, no 1 for true; what the schema says, only.
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -138,7 +139,7 @@ def _kept() -> Any:
     return Field(default=None, json_schema_extra=_no_default)
 
 
-class KeyCreate(_Body):
+class KeyCreate(StrictBody):
     name: Name
     scopes: Scopes = []
     expires_at: Timestamp | None = None
@@ -149,7 +150,7 @@ class KeyCreate(_Body):
     refill: RefillText | None = None
 
 
-class KeyUpdate(_Body):
+class KeyUpdate(StrictBody):
     name: Name | SkipJsonSchema[None] = _kept()
     scopes: Scopes | SkipJsonSchema[None] = _kept()
     disabled: bool | SkipJsonSchema[None] = _kept()
@@ -168,10 +169,24 @@ class KeyUpdate(_Body):
         return value
 
 
-class KeyRotate(_Body):
+class KeyRotate(StrictBody):
     #: How long the old key keeps working, seconds (default one day).
     grace_seconds: GraceSeconds = 86_400
     expires_at: Timestamp | None = None
+
+
+class SelfKeyCreate(StrictBody):
+    name: Name
+    #: Of the scopes the service lets customers grant; none by default.
+    scopes: Scopes = []
+    #: Default: the service's default lifetime from now, if it sets one.
+    expires_at: Timestamp | None = None
+
+
+class SelfKeyRotate(StrictBody):
+    #: How long the old key keeps working, seconds (default one day); it
+    #: counts toward the cap on live keys until then.
+    grace_seconds: GraceSeconds = 86_400
 
 
 class KeyOut(BaseModel):
