@@ -84,9 +84,6 @@ class KeystoreCollector(Collector):
         for name, text, value in (
             ("keystore_sync_hits", "Checks answered from memory.", view.hits),
             ("keystore_sync_misses", "Checks that read Firestore.", view.misses),
-            # The names before 0.2, kept for dashboards until 0.3.
-            ("keystore_cache_hits", "Deprecated: keystore_sync_hits.", view.hits),
-            ("keystore_cache_misses", "Deprecated: keystore_sync_misses.", view.misses),
             (
                 "keystore_stalls",
                 "Times the event loop did not run for a second or more (no CPU).",
@@ -122,13 +119,6 @@ class KeystoreCollector(Collector):
         if age is not None:
             text = "Seconds since the keys in memory were last confirmed current."
             gauges.append(("keystore_sync_age_seconds", text, round(age, 3)))
-            gauges.append(
-                (
-                    "keystore_index_age_seconds",
-                    "Deprecated: keystore_sync_age_seconds.",
-                    round(age, 3),
-                )
-            )
         for name, text, level in gauges:
             yield GaugeMetricFamily(name, text, value=level)
 

@@ -88,7 +88,9 @@ _UNREADABLE = _answer(
 )
 _MISSING = _answer(404, "The caller has no key with this id.")
 _CAP = _answer(409, "At the cap on live keys per owner (or a row needs an operator).")
-_BROKEN = _answer(409, "The key's row has a field keystore cannot read.")
+_BROKEN_OWNER = _answer(
+    409, "The owner's document has a limit keystore cannot read: an operator's."
+)
 
 
 class _Rules:
@@ -183,8 +185,8 @@ def build_self_service_router(
     async def rotate_key(
         key_id: str, who: Owner, body: SelfKeyRotate | None = None
     ) -> KeyCreated:
-        """A new key with the same name and scopes; the old one keeps working
-        for ``grace_seconds``, then expires."""
+        """A new key with the same name, scopes and limits; the old one keeps
+        working for ``grace_seconds``, then expires."""
         policy = rules.policy
         made = await _found(
             get_store().rotate(
@@ -205,18 +207,18 @@ def build_self_service_router(
         _audit("revoke", who, key_id)
         return Response(status_code=204)
 
-    @router.get("/usage", responses=_BROKEN)
+    @router.get("/usage", responses=_BROKEN_OWNER)
     async def usage(
         who: Owner,
         first: Annotated[str | None, Query(alias="from", pattern=DAY_PATTERN)] = None,
         last: Annotated[str | None, Query(alias="to", pattern=DAY_PATTERN)] = None,
     ) -> OwnerUsage:
         """Your uses and credits spent per UTC day, per key and in all, from
-        ``from`` to ``to`` (inclusive; default: this month so far), keys
-        revoked since included; and your credits left."""
-        start, end = this_month()
+        ``from`` to ``to`` (inclusive; by default from the first of ``to``'s
+        month, to today), keys revoked since included; and your credits left."""
         try:
-            days = (_day(first) or start, _day(last) or end)
+            end = _day(last) or this_month()[1]
+            days = (_day(first) or end.replace(day=1), end)
             span(*days)  # ValueError: more than a report covers
         except ValueError as exc:
             raise _invalid(str(exc), "query", "to" if last else "from") from None

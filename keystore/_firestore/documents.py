@@ -12,8 +12,6 @@ from typing import Any, NamedTuple
 
 from google.cloud.firestore_v1.services.firestore import FirestoreAsyncClient
 from google.cloud.firestore_v1.types import (
-    BatchGetDocumentsRequest,
-    BatchGetDocumentsResponse,
     Document,
     RunQueryRequest,
     RunQueryResponse,
@@ -103,33 +101,19 @@ class KeyCollection:
         document asked for, found or not."""
         connection = self.connection
         await connection.ensure_open()
-        request = BatchGetDocumentsRequest(
-            database=connection.database,
-            documents=[self._path(key_id) for key_id in key_ids],
+        names = [self._path(key_id) for key_id in key_ids]
+
+        async def read(client: FirestoreAsyncClient) -> tuple[list[Any], int]:
+            return await connection.batch_get(names)
+
+        documents, read_time = await connection.call(
+            f"read of {len(key_ids)} keys", read
         )
-
-        async def read(
-            client: FirestoreAsyncClient,
-        ) -> tuple[dict[str, Row | None], int]:
-            found: dict[str, Row | None] = dict.fromkeys(key_ids)
-            read_time = 0
-            stream = await client.batch_get_documents(
-                request=request,
-                retry=None,
-                timeout=connection.attempt_timeout,
-                metadata=connection.metadata,
-            )
-            async for message in stream:
-                answer = BatchGetDocumentsResponse.pb(message)
-                read_time = max(read_time, answer.read_time.ToNanoseconds())
-                if answer.HasField("found"):
-                    key_id = answer.found.name.rpartition("/")[2]
-                    found[key_id] = decode_fields(answer.found.fields)
-            return found, read_time
-
-        rows = await connection.call(f"read of {len(key_ids)} keys", read)
         self.reads[cause] += len(key_ids)
-        return rows
+        found: dict[str, Row | None] = dict.fromkeys(key_ids)
+        for document in documents:
+            found[document.name.rpartition("/")[2]] = decode_fields(document.fields)
+        return found, read_time
 
     async def all(self, *, cause: str, timeout: float | None = None) -> Listing:
         """Every row, and the time the rows are as of."""

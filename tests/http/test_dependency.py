@@ -175,7 +175,7 @@ async def test_readyz_and_metrics(client: httpx.AsyncClient) -> None:
         'keystore_checks_total{outcome="malformed"} 1.0',
         'keystore_firestore_reads_total{cause="check"} 1.0',
         'keystore_firestore_writes_total{cause="admin"} 2.0',  # the row, its marker
-        "keystore_cache_misses_total 1.0",
+        "keystore_sync_misses_total 1.0",
         "keystore_ready 1.0",
         "keystore_check_duration_seconds_count 2.0",
         'keystore_check_duration_seconds_bucket{le="+Inf"} 2.0',
@@ -208,7 +208,7 @@ async def test_readyz_in_listen_mode(make_settings: Callable[..., Settings]) -> 
                     await asyncio.sleep(0.05)
             assert r.json()["sync"] == "listen"
             assert r.json()["index_age_seconds"] is not None
-            assert "keystore_index_age_seconds " in (await client.get("/metrics")).text
+            assert "keystore_sync_age_seconds " in (await client.get("/metrics")).text
     finally:
         await reset_store()
 
