@@ -107,11 +107,11 @@ AUTH_DIR=$STATE_DIR/auth
 
 ensure_firebase_tools() {
   local stamp=$TOOLS/node_modules/.keystore-installed
-  [ -x "$FIREBASE" ] && [ -f "$stamp" ] && [ ! "$TOOLS/package-lock.json" -nt "$stamp" ] && return
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
     die "Node.js 20 or newer and npm are missing; the Firebase Auth emulator (firebase-tools) needs them. Install them (Debian: apt-get install nodejs npm; or https://nodejs.org)."
   node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' ||
     die "Node.js $(node --version) is too old; firebase-tools needs 20 or newer."
+  [ -x "$FIREBASE" ] && [ -f "$stamp" ] && [ ! "$TOOLS/package-lock.json" -nt "$stamp" ] && return
   say "installing firebase-tools into $TOOLS/node_modules (once)"
   # The lock file pins every package; no install scripts are needed to run the
   # Auth emulator, which is plain JavaScript.

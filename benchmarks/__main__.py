@@ -36,7 +36,13 @@ async def _run(bench: Bench, names: list[str]) -> int:
     sections = []
     for name in names:
         bench.say(f"{name}: starting")
-        sections.append(await SUITES[name](bench))
+        try:
+            sections.append(await SUITES[name](bench))
+        except Exception:
+            # The suites done so far are not lost with the one that broke.
+            for section in sections:
+                print(f"\n{section.markdown()}", flush=True)
+            raise
     cpus, runs = bench.cpus, bench.runs
     done = subprocess.run([bench.wrk, "-v"], capture_output=True, text=True)
     wrk = (done.stdout + done.stderr).split(" [")[0]  # "wrk 4.1.0"

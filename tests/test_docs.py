@@ -247,11 +247,12 @@ def check_npx(args: list[str]) -> None:
 
 
 def check_pip(args: list[str]) -> None:
-    assert args[0] == "install" and args[1] in (".", ".[server]"), args
+    assert args[0] == "install" and args[1] in (".", ".[server]", ".[demo]"), args
 
 
 def check_emulator_sh(args: list[str]) -> None:
-    assert args[0] in {"serve", "test", "lint", "start", "stop", "status"}, args
+    commands = {"serve", "test", "lint", "start", "stop", "status"}
+    assert args[0] in commands | {"auth-start", "auth-stop"}, args
 
 
 _CHECKS = {

@@ -1,4 +1,5 @@
-"""emulator.sh: what it says when the emulator or Java is missing, and its lifecycle."""
+"""emulator.sh: what it says when the emulator, Java or Node is missing, and its
+lifecycle."""
 
 import json
 import os
@@ -47,6 +48,18 @@ def test_missing_java_says_so(tmp_path: Path) -> None:
     done = run("start", KEYSTORE_EMULATOR_DIR=str(tmp_path), PATH=str(bin_dir))
     assert done.returncode == 1
     assert "Java is missing" in done.stderr
+
+
+def test_missing_node_says_so(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "python3"):  # everything but node and npm
+        (bin_dir / tool).symlink_to(
+            subprocess.check_output(["which", tool], text=True).strip()
+        )
+    done = run("auth-start", KEYSTORE_EMULATOR_DIR=str(tmp_path), PATH=str(bin_dir))
+    assert done.returncode == 1
+    assert "Node.js 20 or newer and npm are missing" in done.stderr
 
 
 def test_start_status_stop(tmp_path: Path) -> None:
