@@ -89,7 +89,8 @@ class FirebaseOwner:
                 auth.verify_id_token, credentials.credentials, self._app
             )
         except (ValueError, auth.InvalidIdTokenError):
-            # Expired and revoked tokens are invalid ones too.
+            # Expired ones too. Revocation is not checked (a call to Firebase
+            # per request, and credentials): a token lives an hour at most.
             raise _unauthorized("The ID token is not valid; sign in again.") from None
         except exceptions.FirebaseError:
             # CertificateFetchError most likely: Google's keys out of reach.

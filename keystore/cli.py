@@ -156,6 +156,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         elif command == "usage" and (args.owner or args.id is None):
             await _owner_usage(store, args)
         elif command == "usage":
+            if args.month or args.csv:
+                raise ValueError("--month and --csv go with --owner.")
             usage = await store.usage(args.id, days=args.days)
             value = {
                 "id": usage.key_id,
@@ -199,6 +201,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
 async def _owner_usage(store: ApiKeyStore, args: argparse.Namespace) -> None:
     if (args.id is None) == (args.owner is None):
         raise ValueError("Name a key id or an --owner, not both.")
+    if args.csv and args.json:
+        raise ValueError("Choose --csv or --json.")
     report = await store.owner_usage(args.owner, *(args.month or this_month()))
     if args.csv:
         sys.stdout.write(to_csv(report))

@@ -2,6 +2,7 @@
 programs. Nothing here prints a key but ``print_new``, once."""
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -83,8 +84,17 @@ def status(row: Row, now: datetime) -> str:
     return "expired" if row.is_expired(now) else "active"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """``text`` with control characters escaped: names come from customers and
+    the console, and must not move an operator's cursor or clear a screen."""
+    return _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", text)
+
+
 def table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    rows = [list(header), *map(list, lines)]
+    rows = [list(header), *([shown(cell) for cell in line] for line in lines)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
@@ -132,7 +142,7 @@ def details(row: Row, view: LimitView | None = None) -> str:
     pairs += [("rotated to", row.rotated_to)] if row.rotated_to else []
     pairs += [("owner", row.owner)] if row.owner else []
     pairs += limits_text(view) if view else []
-    return "\n".join(f"{name:<13}{value}" for name, value in pairs)
+    return "\n".join(f"{name:<13}{shown(value)}" for name, value in pairs)
 
 
 def usage_text(usage: Usage) -> str:
@@ -168,7 +178,7 @@ def print_new(made: NewKey, as_json: bool, verb: str) -> None:
     if as_json:
         print(json.dumps({**describe(made.record), "key": made.key}))
         return
-    print(f"{verb} key {made.record.id} ({made.record.name}).")
+    print(f"{verb} key {made.record.id} ({shown(made.record.name)}).")
     print("The key is shown this once; store it now:")
     print(made.key)
 

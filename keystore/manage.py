@@ -198,14 +198,15 @@ class KeyManager:
         owner: str | None = None,
     ) -> list[ApiKey | BrokenRow]:
         """Rows, oldest first; with a filter, only the readable rows that match.
-        With ``owner``, only that owner's rows are read (owners.py)."""
+        With ``owner``, only that owner's rows are read (owners.py), broken
+        ones too: they count against the owner's cap on live keys."""
         if owner:
             rows = await self.owners.keys(owner)
         else:
             listing = await self._rows.all(cause="list")
             rows = [read_row(key_id, row) for key_id, row in listing.rows]
         now = self._clock()
-        if disabled or expired or scope or owner:
+        if disabled or expired or scope:
             rows = [
                 row
                 for row in rows
@@ -280,6 +281,7 @@ class KeyManager:
         expires_at: datetime | None = None,
         most_live: int | None = None,
         owner: str | None = None,
+        terms: Callable[[ApiKey], datetime | None] | None = None,
     ) -> NewKey:
         """A new key with the old one's name, scopes, owner and limits; the old
         key stays valid for ``grace``, then expires by itself. Its limits move
@@ -288,7 +290,8 @@ class KeyManager:
         ``most_live``: the owner's cap on live keys, which the old key counts
         in until it expires (TooManyKeys). ``owner``: as that owner, who may
         rotate its own keys only (KeyNotFound), and only while they work
-        (KeyDisabled, KeyExpired)."""
+        (KeyDisabled, KeyExpired). ``terms``: given the old key, the new one's
+        expiry in place of ``expires_at``, or an exception that refuses."""
         path = self._rows.path(key_id)
         made: NewKey | None = None
         for attempt in range(_TRIES):
@@ -307,7 +310,7 @@ class KeyManager:
                 made = self._new(
                     name=old.name,
                     scopes=old.scopes,
-                    expires_at=expires_at,
+                    expires_at=terms(old) if terms else expires_at,
                     rotated_from=old.id,
                 )
             new_id = made.record.id

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keystore.limits.values import RateLimit, parse_rate_limit, seconds_until
+from keystore.models import ApiKey
 from keystore.settings import Settings
 
 
@@ -38,6 +39,18 @@ class SelfServicePolicy:
     #: Requests per owner, counted by each instance on its own: a guard
     #: against a runaway client and its Firestore reads (429).
     rate_limit: RateLimit | None = RateLimit(60, 60)
+
+    def __post_init__(self) -> None:
+        for lifetime in (self.default_lifetime, self.max_lifetime):
+            if lifetime is not None and lifetime <= timedelta(0):
+                raise ValueError("A key's lifetime must be longer than zero.")
+        if self.default_lifetime and self.max_lifetime:
+            if self.default_lifetime > self.max_lifetime:
+                raise ValueError(
+                    "The default lifetime is longer than the longest lifetime."
+                )
+        if self.max_keys < 1:
+            raise ValueError("max_keys must be at least 1.")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SelfServicePolicy":
@@ -72,6 +85,15 @@ class SelfServicePolicy:
                 f"Keys can live at most {days:g} days; choose an earlier expiry."
             )
         return asked
+
+    def renewal(self, old: ApiKey, now: datetime) -> datetime | None:
+        """The expiry of the key that replaces ``old`` by rotation, which
+        renews the secret and never the terms: PolicyRefusal if ``old`` has a
+        scope customers may not grant (an operator gave it); the new key
+        expires no later than ``old`` would have, nor than the policy allows."""
+        self.check_scopes(old.scopes)
+        ends = [end for end in (self.expiry(None, now), old.expires_at) if end]
+        return min(ends, default=None)
 
 
 class Throttle:

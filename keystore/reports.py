@@ -6,12 +6,13 @@ exactly. Keys revoked, rotated or deleted since keep their lines: a
 customer cannot lower an invoice by deleting a key.
 """
 
+import calendar
 import csv
 import io
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from pydantic import BaseModel, Field
 
@@ -73,9 +74,9 @@ def month_span(month: str) -> tuple[date, date]:
     """``YYYY-MM``'s first and last day; ValueError if it is not a month."""
     if not _MONTH.fullmatch(month):
         raise ValueError(f"'{month}' is not a month written YYYY-MM.")
-    first = date(int(month[:4]), int(month[5:]), 1)
-    following = (first + timedelta(days=32)).replace(day=1)
-    return first, following - timedelta(days=1)
+    year, number = int(month[:4]), int(month[5:])
+    first = date(year, number, 1)  # ValueError: month 00 or 13
+    return first, first.replace(day=calendar.monthrange(year, number)[1])
 
 
 def this_month(now: datetime | None = None) -> tuple[date, date]:
@@ -155,12 +156,14 @@ def to_csv(report: OwnerUsage) -> str:
         key=lambda line: line[:2],
     )
     for day_id, key_id, name, day in lines:
-        writer.writerow((*period, day_id, key_id, _cell(name), day.uses, day.credits))
+        writer.writerow(
+            (*period, day_id, _cell(key_id), _cell(name), day.uses, day.credits)
+        )
     writer.writerow((*period, "total", "", "", report.uses, report.credits))
     return out.getvalue()
 
 
 def _cell(text: str) -> str:
     # A spreadsheet runs a cell that starts with these as a formula; a key's
-    # name is anyone's text.
+    # name is anyone's text, and a day document's id an operator's.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -33,7 +33,10 @@ def _whole(value: object) -> object:
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+#: Printable: a name reaches operators' terminals and customers' pages.
+Name = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 Scope = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
 Scopes = Annotated[list[Scope], Field(max_length=50)]
 #: A Firestore document id: no '/', not '.' or '..', not '__...__' (written

@@ -185,18 +185,22 @@ def build_self_service_router(
     async def rotate_key(
         key_id: str, who: Owner, body: SelfKeyRotate | None = None
     ) -> KeyCreated:
-        """A new key with the same name, scopes and limits; the old one keeps
-        working for ``grace_seconds``, then expires."""
+        """A new key with the same name, scopes and limits, expiring no later
+        than the old one; the old one keeps working for ``grace_seconds``,
+        then expires."""
         policy = rules.policy
-        made = await _found(
-            get_store().rotate(
-                key_id,
-                grace=timedelta(seconds=(body or SelfKeyRotate()).grace_seconds),
-                expires_at=policy.expiry(None, utcnow()),
-                most_live=policy.max_keys,
-                owner=who,
+        try:
+            made = await _found(
+                get_store().rotate(
+                    key_id,
+                    grace=timedelta(seconds=(body or SelfKeyRotate()).grace_seconds),
+                    most_live=policy.max_keys,
+                    owner=who,
+                    terms=lambda old: policy.renewal(old, utcnow()),
+                )
             )
-        )
+        except PolicyRefusal as exc:
+            raise HTTPException(403, str(exc)) from None
         _audit("rotate", who, key_id)
         return KeyCreated.made(made)
 
@@ -221,12 +225,23 @@ def build_self_service_router(
             days = (_day(first) or end.replace(day=1), end)
             span(*days)  # ValueError: more than a report covers
         except ValueError as exc:
-            raise _invalid(str(exc), "query", "to" if last else "from") from None
+            raise _invalid(str(exc), "query", _culprit(first, last)) from None
         report = await _found(get_store().owner_usage(who, *days))
         _audit("usage", who, "*")
         return report
 
     return router
+
+
+def _culprit(first: str | None, last: str | None) -> str:
+    """Which of the usage span's parameters an invalid span is blamed on."""
+    if last is None:
+        return "from"
+    try:
+        date.fromisoformat(last)
+    except ValueError:
+        return "to"
+    return "from" if first else "to"
 
 
 def _day(text: str | None) -> date | None:

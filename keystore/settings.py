@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -173,6 +174,21 @@ class Settings(BaseSettings):
         BeforeValidator(_upper),
     ] = "INFO"
 
+    @model_validator(mode="after")
+    def _lifetimes(self) -> "Settings":
+        default, longest = (
+            self.self_service_default_lifetime,
+            self.self_service_max_lifetime,
+        )
+        if any(t is not None and t <= timedelta(0) for t in (default, longest)):
+            raise ValueError("self-service lifetimes must be longer than zero")
+        if default and longest and default > longest:
+            raise ValueError(
+                "KEYSTORE_SELF_SERVICE_DEFAULT_LIFETIME is longer than "
+                "KEYSTORE_SELF_SERVICE_MAX_LIFETIME"
+            )
+        return self
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -224,9 +240,11 @@ def _variables(name: str) -> tuple[str, ...]:
 def _one_line(exc: ValidationError) -> str:
     """The first problem, naming the variable, the value and what is allowed."""
     error = exc.errors(include_url=False)[0]
-    name = str(error["loc"][0]) if error["loc"] else "?"
-    variable = _variables(name)[0] if name in Settings.model_fields else name
     reason = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a check across settings: the reason names them
+        return f"Settings not allowed together: {reason}."
+    name = str(error["loc"][0])
+    variable = _variables(name)[0] if name in Settings.model_fields else name
     return (
         f"Setting '{variable}' has the value '{error.get('input')}', which is not "
         f"allowed: {reason}."

@@ -387,18 +387,21 @@ class ApiKeyStore:
         expires_at: datetime | None = None,
         most_live: int | None = None,
         owner: str | None = None,
+        terms: Callable[[ApiKey], datetime | None] | None = None,
     ) -> NewKey:
         """A new key with the old one's name, scopes, owner and limits; the old
         key stays valid for ``grace``, then expires by itself. ``most_live``:
         a cap on the owner's live keys, the old one counted until it expires.
         ``owner``: as that owner, who rotates only its own keys (KeyNotFound)
-        while they work (KeyDisabled, KeyExpired)."""
+        while they work (KeyDisabled, KeyExpired). ``terms``: given the old
+        key, the new one's expiry in place of ``expires_at``, or a refusal."""
         return await self._manage.rotate(
             key_id,
             grace=grace,
             expires_at=expires_at,
             most_live=most_live,
             owner=owner,
+            terms=terms,
         )
 
     async def import_keys(

@@ -419,3 +419,26 @@ def test_an_owners_month_for_billing_in_json_and_csv(
     assert "not a month" in capsys.readouterr().err
     code, out, err = run(capsys, "usage")
     assert code == 1 and "Name a key id or an --owner" in err
+
+
+def test_usage_flags_that_do_not_go_together_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    made = create(capsys, "--name", "svc", "--owner", "acme")
+    code, _, err = run(capsys, "usage", made["id"], "--csv")
+    assert code == 1 and "--month and --csv go with --owner" in err
+    code, _, err = run(capsys, "usage", "--owner", "acme", "--csv", "--json")
+    assert code == 1 and "Choose --csv or --json" in err
+    code, out, err = run(capsys, "usage", "--owner", "acme", "--month", "9999-12")
+    assert code == 0 and "9999-12-01 to 9999-12-31: 0 uses" in out, err
+
+
+def test_names_cannot_move_the_operators_cursor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A customer's or the console's text: escaped, never sent to the terminal.
+    made = create(capsys, "--name", "a\x1b[2Jb\rc")
+    for argv in (["list"], ["show", made["id"]]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and "\x1b" not in out and "\r" not in out
+        assert "a\\x1b[2Jb\\x0dc" in out

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from keystore import ConfigError, Settings, load_env_file
+from keystore import ConfigError, SelfServicePolicy, Settings, load_env_file
 
 
 def test_defaults() -> None:
@@ -61,6 +61,19 @@ def test_every_variable_is_read() -> None:
 def test_bad_values_are_one_clear_error(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({name: value})
+
+
+def test_a_default_lifetime_beyond_the_longest_is_refused() -> None:
+    env = {
+        "KEYSTORE_SELF_SERVICE_DEFAULT_LIFETIME": "365d",
+        "KEYSTORE_SELF_SERVICE_MAX_LIFETIME": "90d",
+    }
+    with pytest.raises(ConfigError, match="Settings not allowed together: .*LIFE"):
+        Settings.from_env(env)
+    with pytest.raises(ValueError, match="longer than the longest"):
+        SelfServicePolicy(
+            default_lifetime=timedelta(days=365), max_lifetime=timedelta(days=90)
+        )
 
 
 def test_log_format_is_json_on_cloud_run() -> None:

@@ -22,6 +22,7 @@ from keystore import (
     get_store,
     reset_store,
 )
+from tests import console
 from tests.conftest import Emulator, serve
 
 pytestmark = pytest.mark.anyio
@@ -183,6 +184,56 @@ async def test_the_policy_bounds_scopes_lifetimes_and_keys(
     await make(client, "bob")  # each owner has its own cap
 
 
+async def test_rotation_renews_the_secret_never_the_terms(
+    client: httpx.AsyncClient,
+) -> None:
+    store = get_store()
+    # An operator gave alice's key a scope customers may not grant: rotating
+    # it would hand her a new secret with that scope.
+    wide = await store.create(name="ops", scopes=["admin"], owner="alice")
+    r = await client.post(f"/me/keys/{wide.record.id}/rotate", headers=as_("alice"))
+    assert r.status_code == 403 and "'admin'" in r.json()["detail"]
+    # A key that ends in two days: its successor ends then too, not 30 days on.
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    short = await store.create(name="trial", expires_at=soon, owner="alice")
+    r = await client.post(
+        f"/me/keys/{short.record.id}/rotate",
+        json={"grace_seconds": 0},
+        headers=as_("alice"),
+    )
+    assert r.status_code == 201, r.text
+    assert datetime.fromisoformat(r.json()["expires_at"]) == soon
+    # A key without an end gets the policy's default lifetime.
+    endless = await store.create(name="old", owner="alice")
+    r = await client.post(
+        f"/me/keys/{endless.record.id}/rotate",
+        json={"grace_seconds": 0},
+        headers=as_("alice"),
+    )
+    ends = datetime.fromisoformat(r.json()["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=29) < ends <= timedelta(days=30)
+
+
+async def test_a_broken_row_is_listed_as_it_counts_against_the_cap(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    made = [await make(client, "alice") for _ in range(3)]
+    await console.edit(settings, made[0]["id"], scopes="not a list")
+    r = await client.get("/me/keys", headers=as_("alice"))
+    listed = {key["id"]: key for key in r.json()}
+    assert set(listed) == {key["id"] for key in made}
+    assert listed[made[0]["id"]]["broken_field"] == "scopes"
+    r = await client.post("/me/keys", json={"name": "k"}, headers=as_("alice"))
+    assert r.status_code == 409
+
+
+async def test_a_name_with_control_characters_is_422(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/me/keys", json={"name": "a\x1b[2Jb"}, headers=as_("alice"))
+    assert r.status_code == 422, r.text
+
+
 async def test_disabled_and_expired_keys_are_not_rotated(
     client: httpx.AsyncClient,
 ) -> None:
@@ -235,6 +286,22 @@ async def test_a_span_it_cannot_report_is_422(
     r = await client.get("/me/usage", params=query, headers=as_("alice"))
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("query", "blamed"),
+    [
+        ({"from": "2026-02-30", "to": "2026-03-01"}, "from"),
+        ({"from": "2026-02-01", "to": "2026-02-30"}, "to"),
+        ({"to": "2026-02-30"}, "to"),
+    ],
+)
+async def test_a_422_names_the_parameter_at_fault(
+    client: httpx.AsyncClient, query: dict[str, str], blamed: str
+) -> None:
+    r = await client.get("/me/usage", params=query, headers=as_("alice"))
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", blamed]
 
 
 async def test_every_action_is_logged(

@@ -122,6 +122,7 @@ def test_a_customer_signs_up_makes_uses_and_revokes_a_key(
 
         page.find_element(By.CSS_SELECTOR, "#keys tr button.revoke").click()
         until(page, lambda d: not d.find_elements(By.CSS_SELECTOR, "#keys tr"))
+        assert not page.find_element(By.ID, "new-key").is_displayed()
         r = httpx.get(f"{server.base}/v1/whoami", headers={"x-api-key": key})
         assert r.status_code == 401, r.text
     assert key not in server.output  # the key is never logged
