@@ -49,12 +49,47 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-is_running() {
-  [ -f "$STATE_DIR/pid" ] && kill -0 "$(cat "$STATE_DIR/pid")" 2>/dev/null
+# running DIR: the process whose pid DIR holds is alive.
+running() {
+  [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null
+}
+
+is_running() { running "$STATE_DIR"; }
+
+# await_ready DIR URL MARK NAME STOP: wait until URL answers with MARK; if the
+# process of DIR exits first or the timeout passes, say why (STOP cleans up).
+await_ready() {
+  local dir=$1 url=$2 mark=$3 name=$4 stop=$5 deadline
+  deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))
+  until curl -sf "$url" 2>/dev/null | grep -q "$mark"; do
+    if ! running "$dir"; then
+      tail -n 20 "$dir/log" >&2 || true
+      rm -f "$dir/pid"
+      die "the $name exited before it was ready (log above, in full at $dir/log)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      "$stop"
+      die "the $name was not ready within ${KEYSTORE_EMULATOR_TIMEOUT:-60}s (log: $dir/log)"
+    fi
+    sleep 0.2
+  done
+}
+
+# stop_group DIR NAME: end the process group whose leader's pid DIR holds
+# (setsid started it), gently, then for good.
+stop_group() {
+  local dir=$1 pid
+  if ! running "$dir"; then rm -f "$dir/pid"; return; fi
+  pid=$(cat "$dir/pid")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$dir/pid"
+  say "$2 stopped"
 }
 
 cmd_start() {
-  local emulator port deadline
+  local emulator port
   if is_running; then
     say "already running on $HOST:$(cat "$STATE_DIR/port")"
     echo "export FIRESTORE_EMULATOR_HOST=$HOST:$(cat "$STATE_DIR/port")"
@@ -71,33 +106,12 @@ cmd_start() {
     "${import[@]}" >"$STATE_DIR/log" 2>&1 </dev/null &
   echo $! >"$STATE_DIR/pid"
   echo "$port" >"$STATE_DIR/port"
-  deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))
-  until curl -sf "http://$HOST:$port/" 2>/dev/null | grep -q Ok; do
-    if ! is_running; then
-      tail -n 20 "$STATE_DIR/log" >&2 || true
-      rm -f "$STATE_DIR/pid"
-      die "the emulator exited before it was ready (log above, in full at $STATE_DIR/log)"
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      cmd_stop
-      die "the emulator was not ready within ${KEYSTORE_EMULATOR_TIMEOUT:-60}s (log: $STATE_DIR/log)"
-    fi
-    sleep 0.2
-  done
+  await_ready "$STATE_DIR" "http://$HOST:$port/" Ok emulator cmd_stop
   say "Firestore emulator ready on $HOST:$port, rules from firestore.rules"
   echo "export FIRESTORE_EMULATOR_HOST=$HOST:$port"
 }
 
-cmd_stop() {
-  local pid
-  if ! is_running; then rm -f "$STATE_DIR/pid"; return; fi
-  pid=$(cat "$STATE_DIR/pid")
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$STATE_DIR/pid"
-  say "Firestore emulator stopped"
-}
+cmd_stop() { stop_group "$STATE_DIR" "Firestore emulator"; }
 
 # -- the Firebase Auth emulator (firebase-tools, from npm, into tools/) -------------
 
@@ -120,13 +134,9 @@ ensure_firebase_tools() {
   touch "$stamp"
 }
 
-auth_running() {
-  [ -f "$AUTH_DIR/pid" ] && kill -0 "$(cat "$AUTH_DIR/pid")" 2>/dev/null
-}
-
 cmd_auth_start() {
-  local port hub logs deadline project=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
-  if auth_running; then
+  local port hub logs project=${GOOGLE_CLOUD_PROJECT:-demo-keystore}
+  if running "$AUTH_DIR"; then
     echo "export FIREBASE_AUTH_EMULATOR_HOST=$HOST:$(cat "$AUTH_DIR/port")"
     return
   fi
@@ -150,33 +160,12 @@ JSON
   echo $! >"$AUTH_DIR/pid"
   cd "$ROOT"
   echo "$port" >"$AUTH_DIR/port"
-  deadline=$((SECONDS + ${KEYSTORE_EMULATOR_TIMEOUT:-60}))
-  until curl -sf "http://$HOST:$port/" 2>/dev/null | grep -q authEmulator; do
-    if ! auth_running; then
-      tail -n 20 "$AUTH_DIR/log" >&2 || true
-      rm -f "$AUTH_DIR/pid"
-      die "the Auth emulator exited before it was ready (log above, in full at $AUTH_DIR/log)"
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      cmd_auth_stop
-      die "the Auth emulator was not ready within ${KEYSTORE_EMULATOR_TIMEOUT:-60}s (log: $AUTH_DIR/log)"
-    fi
-    sleep 0.2
-  done
+  await_ready "$AUTH_DIR" "http://$HOST:$port/" authEmulator "Auth emulator" cmd_auth_stop
   say "Firebase Auth emulator ready on $HOST:$port, project $project"
   echo "export FIREBASE_AUTH_EMULATOR_HOST=$HOST:$port"
 }
 
-cmd_auth_stop() {
-  local pid
-  if ! auth_running; then rm -f "$AUTH_DIR/pid"; return; fi
-  pid=$(cat "$AUTH_DIR/pid")
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$AUTH_DIR/pid"
-  say "Firebase Auth emulator stopped"
-}
+cmd_auth_stop() { stop_group "$AUTH_DIR" "Firebase Auth emulator"; }
 
 cmd_status() {
   if is_running; then

@@ -11,7 +11,7 @@ create and rotate. Each action logs one line naming the actor and the target.
 import logging
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, Security
 
@@ -25,7 +25,7 @@ from keystore.errors import (
 from keystore.grants import Grantor, Refusal, check_create, check_rotate, check_update
 from keystore.limits import parse_rate_limit, parse_refill
 from keystore.models import ApiKey, BrokenRow
-from keystore.openapi import ErrorOut
+from keystore.openapi import UNREADABLE_BODY, refusal
 from keystore.reports import MONTH_PATTERN, OwnerUsage, month_span
 from keystore.schemas import (
     OWNER_PATTERN,
@@ -105,21 +105,14 @@ def _audit(action: str, actor: ApiKey, target: str) -> None:
     )
 
 
-def _answer(code: int, description: str) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorOut, "description": description}}
-
-
 # What the routes answer beside the dependency's refusals and FastAPI's 422,
 # each on the routes that can give it.
-_UNREADABLE = _answer(
-    400, "The body is not text: FastAPI's `There was an error parsing the body`."
-)
-_GRANTING = _answer(
+_GRANTING = refusal(
     403, "The calling key lacks the scope `admin`, or a scope or limit it would grant."
 )
-_MISSING = _answer(404, "No key with this id.")
-_BROKEN = _answer(409, "The key's row has a field keystore cannot read; fix it first.")
-_BROKEN_OWNER = _answer(
+_MISSING = refusal(404, "No key with this id.")
+_BROKEN = refusal(409, "The key's row has a field keystore cannot read; fix it first.")
+_BROKEN_OWNER = refusal(
     409, "The owner's document has a limit keystore cannot read; fix it first."
 )
 
@@ -139,7 +132,7 @@ def build_admin_router(
         prefix="/admin", tags=["admin"], include_in_schema=include_in_schema
     )
 
-    @router.post("/keys", status_code=201, responses=_UNREADABLE | _GRANTING)
+    @router.post("/keys", status_code=201, responses=UNREADABLE_BODY | _GRANTING)
     async def create_key(body: KeyCreate, actor: Admin, store: Store) -> KeyCreated:
         """Make a key; the response holds the plaintext key, shown this once."""
         _require_held(actor, body.scopes)
@@ -184,7 +177,7 @@ def build_admin_router(
         return _out(row)
 
     @router.patch(
-        "/keys/{key_id}", responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN
+        "/keys/{key_id}", responses=UNREADABLE_BODY | _GRANTING | _MISSING | _BROKEN
     )
     async def update_key(
         key_id: str, body: KeyUpdate, actor: Admin, store: Store
@@ -218,7 +211,7 @@ def build_admin_router(
     @router.post(
         "/keys/{key_id}/rotate",
         status_code=201,
-        responses=_UNREADABLE | _GRANTING | _MISSING | _BROKEN,
+        responses=UNREADABLE_BODY | _GRANTING | _MISSING | _BROKEN,
     )
     async def rotate_key(
         key_id: str, actor: Admin, store: Store, body: KeyRotate | None = None

@@ -1,4 +1,5 @@
-"""The answers ``ApiKeyAuth`` gives, in an app's OpenAPI document.
+"""Refusals in OpenAPI: the answers ``ApiKeyAuth`` gives, in an app's
+document, and ``refusal`` for the routers' own (admin, self-service).
 
 Every operation whose security requirement names the dependency's scheme
 gets 401, 429 and 503, 403 if it asks for a scope, and the RateLimit headers
@@ -63,6 +64,23 @@ _LIMITED = _answer(
 _UNAVAILABLE = _answer(
     "The key store cannot answer now; retry after `Retry-After` seconds.",
     {"Retry-After": {"required": True, "schema": _SECONDS}},
+)
+
+
+def refusal(
+    code: int, description: str, headers: dict[str, Any] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A router's or route's ``responses`` entry: answer ``code``, its body an
+    ``ErrorOut``; entries join with ``|``."""
+    answer: dict[str, Any] = {"model": ErrorOut, "description": description}
+    if headers:
+        answer["headers"] = headers
+    return {code: answer}
+
+
+#: A body that is not text (FastAPI's own 400), on routes that take one.
+UNREADABLE_BODY = refusal(
+    400, "The body is not text: FastAPI's `There was an error parsing the body`."
 )
 
 

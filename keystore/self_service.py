@@ -29,7 +29,7 @@ from keystore.errors import (
 )
 from keystore.manage import check_owner
 from keystore.models import ApiKey, BrokenRow
-from keystore.openapi import ErrorOut
+from keystore.openapi import UNREADABLE_BODY, refusal
 from keystore.policy import PolicyRefusal, SelfServicePolicy, Throttle, Throttled
 from keystore.reports import DAY_PATTERN, OwnerUsage, span, this_month
 from keystore.schemas import (
@@ -47,48 +47,36 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _answer(
-    code: int, description: str, headers: dict[str, Any] | None = None
-) -> dict[int | str, dict[str, Any]]:
-    answer: dict[str, Any] = {"model": ErrorOut, "description": description}
-    if headers:
-        answer["headers"] = headers
-    return {code: answer}
-
-
 _RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer"}}}
 # Every answer beside 2xx and FastAPI's 422, on every route: the owner
 # dependency's 401, 403 for an id that cannot own keys (and the policy's
 # refusals), the throttle's 429 and the store's 503.
 _ALWAYS = (
-    _answer(
+    refusal(
         401,
         "No customer is signed in (the app's `owner` dependency).",
         {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
     )
-    | _answer(
+    | refusal(
         403,
         "Refused: a scope customers may not grant, a lifetime longer than the "
         "service allows, a disabled or expired key to rotate, or an account "
         "that cannot own keys.",
     )
-    | _answer(
+    | refusal(
         429,
         "Too many self-service requests; retry after `Retry-After`.",
         _RETRY_AFTER,
     )
-    | _answer(
+    | refusal(
         503,
         "The key store cannot answer now; retry after `Retry-After`.",
         _RETRY_AFTER,
     )
 )
-_UNREADABLE = _answer(
-    400, "The body is not text: FastAPI's `There was an error parsing the body`."
-)
-_MISSING = _answer(404, "The caller has no key with this id.")
-_CAP = _answer(409, "At the cap on live keys per owner (or a row needs an operator).")
-_BROKEN_OWNER = _answer(
+_MISSING = refusal(404, "The caller has no key with this id.")
+_CAP = refusal(409, "At the cap on live keys per owner (or a row needs an operator).")
+_BROKEN_OWNER = refusal(
     409, "The owner's document has a limit keystore cannot read: an operator's."
 )
 
@@ -154,7 +142,7 @@ def build_self_service_router(
         _audit("list", who, "*")
         return [_out(row) for row in rows]
 
-    @router.post("/keys", status_code=201, responses=_UNREADABLE | _CAP)
+    @router.post("/keys", status_code=201, responses=UNREADABLE_BODY | _CAP)
     async def create_key(body: SelfKeyCreate, who: Owner) -> KeyCreated:
         """Make a key of yours; the response holds the key, shown this once."""
         policy = rules.policy
@@ -180,7 +168,7 @@ def build_self_service_router(
     @router.post(
         "/keys/{key_id}/rotate",
         status_code=201,
-        responses=_UNREADABLE | _MISSING | _CAP,
+        responses=UNREADABLE_BODY | _MISSING | _CAP,
     )
     async def rotate_key(
         key_id: str, who: Owner, body: SelfKeyRotate | None = None
