@@ -144,37 +144,38 @@ class Refuse(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 @dataclass
-class Hold(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """While ``armed``, holds each call of ``method`` ``delay`` seconds before
-    sending it; ``started`` is set when one is held."""
-
+class _Holding:
     delay: float = 0.3
     method: str = "Commit"
     armed: bool = False
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def intercept_unary_unary(
-        self, continuation: Any, details: Any, request: Any
-    ) -> Any:
+    async def _hold(self, details: Any) -> None:
         if self.armed and _method(details).endswith("/" + self.method):
             self.started.set()
             await asyncio.sleep(self.delay)
+
+
+@dataclass
+class Hold(_Holding, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """While ``armed``, holds each call of ``method`` ``delay`` seconds before
+    sending it; ``started`` is set when one is held."""
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: Any, request: Any
+    ) -> Any:
+        await self._hold(details)
         return await continuation(details, request)
 
 
 @dataclass
-class HoldStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class HoldStream(_Holding, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """``Hold`` for a call that answers with a stream (BatchGetDocuments)."""
 
-    delay: float = 0.3
     method: str = "BatchGetDocuments"
-    armed: bool = False
-    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def intercept_unary_stream(
         self, continuation: Any, details: Any, request: Any
     ) -> Any:
-        if self.armed and _method(details).endswith("/" + self.method):
-            self.started.set()
-            await asyncio.sleep(self.delay)
+        await self._hold(details)
         return await continuation(details, request)
